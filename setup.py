@@ -1,0 +1,41 @@
+"""vocal-mst: single-track vocal mixing style transfer, after Diff-MST (Vanka, Steinmetz et al., ISMIR 2024)."""
+from setuptools import find_packages, setup
+
+# Exact pins: a fresh machine must resolve the same environment CI tested.
+# torch is installed first by the Makefile (a plain `torch` requirement pulls a multi-GB CUDA build).
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "soundfile==0.14.0",
+    "soxr==1.1.0",
+    "pyloudnorm==0.2.0",
+    "numba==0.68.1",
+    "pytorch-lightning==2.6.6",
+    "jsonargparse[signatures]==4.53.0",
+    "wandb==0.31.0",
+    "matplotlib==3.11.2",
+    "tqdm==4.70.1",
+    "PyYAML==6.0.4",
+    "psutil==7.2.2",
+]
+
+EXTRAS = {
+    # pedalboard (GPL-3.0) renders the demo data's mixed vocals; the core package never imports it.
+    "demo": ["pedalboard==0.9.26"],
+    # Reference implementations we compare against in tests and benchmarks (never imported by the core).
+    "reference": ["dasp-pytorch==0.0.1", "auraloss==0.4.0"],
+}
+EXTRAS["dev"] = EXTRAS["demo"] + EXTRAS["reference"] + ["pytest==9.2.0", "pytest-timeout==2.4.0"]
+
+setup(
+    name="vocal-mst",
+    version="0.1.0",
+    description="Learn a producer's vocal mixing style from raw/mixed pairs (single-track Diff-MST).",
+    packages=find_packages(include=["mst_single", "mst_single.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["mst-single=mst_single.cli:main"]},
+    license="MIT",
+)
