@@ -10,22 +10,22 @@ export WANDB_SILENT ?= true
 
 .PHONY: demo test test-all bench install clean
 
-$(BIN)/.installed: setup.py
+$(VENV)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+install: $(VENV)/.installed
 
-demo: $(BIN)/.installed
+demo: $(VENV)/.installed
 	$(BIN)/mst-single demo-data $(DATA) --songs 24 --seconds 20 --seed 0
 	$(BIN)/mst-single check-data $(DATA)
 
-test: $(BIN)/.installed
+test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/.installed
+bench: $(VENV)/.installed
 	$(BIN)/python -m mst_single.bench --out bench/results.json
 
 clean:
