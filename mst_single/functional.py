@@ -1,0 +1,549 @@
+"""Differentiable DSP for the vocal chain: pure functions on `(batch, channels, samples)` tensors.
+
+Parameters are `(batch,)` tensors in units (dB, Hz, ms, s); every function is differentiable with
+respect to the signal and to every parameter, and adds no latency.
+
+Why our own stages instead of dasp-pytorch 0.0.1 (measured in issues 3 and 6): its compressor
+ignores `release_ms` and gives NaN gradients at `knee_db = 0`, its reverb takes ~170 s backward
+(direct convolution under vmap), and its EQ takes ~1.5 s forward + backward for 4 x 4 s at 48 kHz.
+
+- EQ: RBJ-cookbook biquads (float64) evaluated on an rfft grid (frequency sampling) -> an FIR
+  long enough for the slowest pole to decay 150 dB -> FFT convolution.
+- Compressor: dB-domain soft-knee gain computer + one-pole attack/release smoothing of the gain
+  reduction; hand-written backward whose smoothing recursions (forward and reverse-time adjoint)
+  run in numba, compiled eagerly at import (`_Compressor`, `_Smooth`).
+- Reverb: a stereo impulse response built from fixed seeded noise bands with their own exponential
+  decays (tone = high-frequency damping), applied by FFT convolution.
+- `fft_convolve`: linear convolution with a hand-written backward (real FFTs only).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import numba
+import numpy as np
+import scipy.fft
+import torch
+
+LN10_20 = math.log(10.0) / 20.0
+
+
+def db_to_amp(db: torch.Tensor) -> torch.Tensor:
+    return torch.exp(db * LN10_20)
+
+
+def _col(p: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """A `(batch,)` parameter as `(batch, 1, 1)` in x's dtype/device, for broadcasting."""
+    p = torch.as_tensor(p, dtype=x.dtype, device=x.device)
+    return p.reshape(-1, 1, 1)
+
+
+def next_fast_len(n: int) -> int:
+    return scipy.fft.next_fast_len(int(n), real=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# gain
+
+
+def gain(x: torch.Tensor, gain_db: torch.Tensor) -> torch.Tensor:
+    """x `(batch, channels, samples)` times `10^(gain_db/20)`; gain_db `(batch,)` in dB."""
+    return x * db_to_amp(_col(gain_db, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# biquads (RBJ Audio EQ Cookbook), coefficients normalised by a0
+
+
+def _rbj_common(gain_db, freq_hz, q, sample_rate):
+    A = torch.exp(gain_db * (math.log(10.0) / 40.0))
+    w0 = 2.0 * math.pi * freq_hz / sample_rate
+    cos_w0 = torch.cos(w0)
+    alpha = torch.sin(w0) / (2.0 * q)
+    return A, cos_w0, alpha
+
+
+def _normalise(b0, b1, b2, a0, a1, a2):
+    b = torch.stack([b0, b1, b2], -1) / a0.unsqueeze(-1)
+    a = torch.stack([torch.ones_like(a0), a1 / a0, a2 / a0], -1)
+    return b, a
+
+
+def peaking_coeffs(gain_db, freq_hz, q, sample_rate: float):
+    """Peaking EQ biquad. gain_db/freq_hz/q `(batch,)` -> (b, a) each `(batch, 3)`, a[:, 0] = 1."""
+    A, c, alpha = _rbj_common(gain_db, freq_hz, q, sample_rate)
+    return _normalise(1 + alpha * A, -2 * c, 1 - alpha * A, 1 + alpha / A, -2 * c, 1 - alpha / A)
+
+
+def low_shelf_coeffs(gain_db, freq_hz, q, sample_rate: float):
+    """Low-shelf biquad (cookbook Q form). `(batch,)` params -> (b, a) each `(batch, 3)`."""
+    A, c, alpha = _rbj_common(gain_db, freq_hz, q, sample_rate)
+    k = 2 * torch.sqrt(A) * alpha
+    return _normalise(
+        A * ((A + 1) - (A - 1) * c + k),
+        2 * A * ((A - 1) - (A + 1) * c),
+        A * ((A + 1) - (A - 1) * c - k),
+        (A + 1) + (A - 1) * c + k,
+        -2 * ((A - 1) + (A + 1) * c),
+        (A + 1) + (A - 1) * c - k,
+    )
+
+
+def high_shelf_coeffs(gain_db, freq_hz, q, sample_rate: float):
+    """High-shelf biquad (cookbook Q form). `(batch,)` params -> (b, a) each `(batch, 3)`."""
+    A, c, alpha = _rbj_common(gain_db, freq_hz, q, sample_rate)
+    k = 2 * torch.sqrt(A) * alpha
+    return _normalise(
+        A * ((A + 1) + (A - 1) * c + k),
+        -2 * A * ((A - 1) + (A + 1) * c),
+        A * ((A + 1) + (A - 1) * c - k),
+        (A + 1) - (A - 1) * c + k,
+        2 * ((A - 1) - (A + 1) * c),
+        (A + 1) - (A - 1) * c - k,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(n_fft: int) -> tuple[torch.Tensor, ...]:
+    """cos/sin of w and 2w on the rfft grid of n_fft points (float64, CPU; cast on use)."""
+    w = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (2 * math.pi / n_fft)
+    return torch.cos(w), torch.sin(w), torch.cos(2 * w), torch.sin(2 * w)
+
+
+def _poly_response(c: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real/imag parts of c0 + c1 e^{-jw} + c2 e^{-2jw}; c `(..., 3)` -> two `(..., bins)`."""
+    cw, sw, c2w, s2w = grid
+    c0, c1, c2 = c[..., 0:1], c[..., 1:2], c[..., 2:3]
+    return c0 + c1 * cw + c2 * c2w, -(c1 * sw + c2 * s2w)
+
+
+def eq_coeffs(sample_rate: float, gains_db, freqs_hz, qs):
+    """Biquads of the 6-band EQ. gains_db/freqs_hz/qs `(batch, 6)`, order: low shelf, 4 peaking,
+    high shelf. Returns (b, a) each `(batch, 6, 3)`."""
+    bs, as_ = [], []
+    for k in range(gains_db.shape[-1]):
+        fn = low_shelf_coeffs if k == 0 else high_shelf_coeffs if k == gains_db.shape[-1] - 1 else peaking_coeffs
+        b, a = fn(gains_db[:, k], freqs_hz[:, k], qs[:, k], sample_rate)
+        bs.append(b)
+        as_.append(a)
+    return torch.stack(bs, 1), torch.stack(as_, 1)
+
+
+def eq_response(sample_rate: float, gains_db, freqs_hz, qs, n_fft: int) -> torch.Tensor:
+    """Complex response of the cascade on the rfft grid: `(batch, n_fft // 2 + 1)` complex.
+
+    Numerators and denominators are multiplied in real arithmetic and divided once, which is
+    cheaper than six complex divisions and keeps autograd's graph small.
+    """
+    b, a = eq_coeffs(sample_rate, gains_db, freqs_hz, qs)
+    grid = tuple(g.to(device=b.device, dtype=b.dtype) for g in _grid(n_fft))
+    br, bi = _poly_response(b, grid)  # (batch, 6, bins)
+    ar, ai = _poly_response(a, grid)
+    nr, ni, dr, di = br[:, 0], bi[:, 0], ar[:, 0], ai[:, 0]
+    for k in range(1, b.shape[1]):
+        nr, ni = nr * br[:, k] - ni * bi[:, k], nr * bi[:, k] + ni * br[:, k]
+        dr, di = dr * ar[:, k] - di * ai[:, k], dr * ai[:, k] + di * ar[:, k]
+    return torch.complex(nr, ni) / torch.complex(dr, di)
+
+
+def eq_fir_length(sample_rate: float, gains_db, freqs_hz, qs, floor_db: float = -150.0,
+                  max_seconds: float = 4.0) -> int:
+    """Taps needed for the cascade's impulse response to decay below floor_db (relative to its
+    onset), from the slowest pole radius r over the batch: log(floor) / log(r), rounded up to a
+    power of two (few distinct FFT sizes), at least 1024, at most max_seconds. Not differentiable
+    (a size); high-Q boosts at low frequencies need ~1 s, typical settings a few thousand taps."""
+    _, a = eq_coeffs(sample_rate, *(torch.as_tensor(v).detach().cpu().double() for v in (gains_db, freqs_hz, qs)))
+    a1, a2 = a[..., 1].numpy(), a[..., 2].numpy()
+    roots = np.stack([(-a1 + np.sqrt((a1 * a1 - 4 * a2).astype(complex))) / 2,
+                      (-a1 - np.sqrt((a1 * a1 - 4 * a2).astype(complex))) / 2])
+    r = float(np.clip(np.abs(roots).max(), 1e-9, 1 - 1e-12))
+    n = math.log(10 ** (floor_db / 20)) / math.log(r)
+    n = min(max(n, 1024.0), max_seconds * sample_rate)
+    return int(min(2 ** math.ceil(math.log2(n)), max_seconds * sample_rate))
+
+
+def eq_fir(sample_rate: float, gains_db, freqs_hz, qs, length: int | None = None) -> torch.Tensor:
+    """The cascade's impulse response truncated to `length` samples: `(batch, length)`
+    (default `eq_fir_length`). Sampled on an rfft grid of >= length points: the time aliasing
+    and the truncation both drop only the tail beyond length, below -150 dB by construction."""
+    if length is None:
+        length = eq_fir_length(sample_rate, gains_db, freqs_hz, qs)
+    n_fft = next_fast_len(length)
+    dtype = gains_db.dtype
+    # float64 inside: float32 biquad coefficients misplace low-frequency, high-Q poles (~1e-3 error)
+    g, f, q = (torch.as_tensor(v).double() for v in (gains_db, freqs_hz, qs))
+    h = torch.fft.irfft(eq_response(sample_rate, g, f, q, n_fft), n=n_fft)[..., :length]
+    return h.to(dtype)
+
+
+def parametric_eq(x, sample_rate: float, gains_db, freqs_hz, qs, fir_length: int | None = None):
+    """Low shelf + 4 peaking + high shelf by frequency sampling.
+
+    x `(batch, channels, samples)`; gains_db (dB), freqs_hz (Hz), qs `(batch, 6)`.
+    The cascade's response is sampled on an rfft grid, turned into an impulse response long
+    enough for the slowest pole to decay by 150 dB (`eq_fir_length`) and applied by (linear,
+    causal) FFT convolution: zero latency, equal to the IIR filters up to that tail. A coarse grid
+    keeps the per-bin complex arithmetic (and its autograd graph) small; the long FFTs see only x
+    and the FIR.
+    """
+    h = eq_fir(sample_rate, gains_db, freqs_hz, qs, fir_length)
+    return fft_convolve(x, h.unsqueeze(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# compressor
+
+
+def gain_computer_db(level_db, threshold_db, ratio, knee_db):
+    """Gain reduction in dB (>= 0) of a soft-knee (quadratic) compressor.
+
+    With d = level - T and knee width W: 0 below the knee (d <= -W/2); (1 - 1/R)(d + W/2)^2 / (2W)
+    inside it; (1 - 1/R) d above it (d > W/2). The curve is C1 at both knee edges; at W = 0 the
+    knee region is empty, so nothing divides by zero and every gradient is finite (the division
+    uses max(W, 1e-6) and is masked outside the knee). All arguments broadcast; dB / ratio units.
+    """
+    d = level_db - threshold_db
+    w = knee_db.clamp_min(0.0)
+    inside = (d + 0.5 * w).pow(2) / (2.0 * w.clamp_min(1e-6))
+    f = torch.where(d > 0.5 * w, d, torch.where(d > -0.5 * w, inside, torch.zeros_like(d)))
+    return (1.0 - 1.0 / ratio) * f
+
+
+@numba.njit("void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])",
+            cache=False, nogil=True)
+def _smooth_fwd_kernel(r, a_att, a_rel, s0, s):
+    rows, n = r.shape
+    for b in range(rows):
+        prev = s0[b]
+        aa = a_att[b]
+        ar = a_rel[b]
+        for i in range(n):
+            x = r[b, i]
+            a = aa if x > prev else ar
+            prev = a * prev + (1.0 - a) * x
+            s[b, i] = prev
+
+
+@numba.njit("void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1], "
+            "float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1])",
+            cache=False, nogil=True)
+def _smooth_bwd_kernel(r, s, a_att, a_rel, s0, gs, gr, ga_att, ga_rel, gs0):
+    rows, n = r.shape
+    for b in range(rows):
+        aa = a_att[b]
+        ar = a_rel[b]
+        carry = 0.0  # a_{i+1} * lambda_{i+1}
+        gaa = 0.0
+        gar = 0.0
+        for i in range(n - 1, -1, -1):
+            prev = s[b, i - 1] if i > 0 else s0[b]
+            x = r[b, i]
+            lam = gs[b, i] + carry  # total derivative of the loss w.r.t. s[i]
+            if x > prev:
+                gaa += lam * (prev - x)
+                gr[b, i] = (1.0 - aa) * lam
+                carry = aa * lam
+            else:
+                gar += lam * (prev - x)
+                gr[b, i] = (1.0 - ar) * lam
+                carry = ar * lam
+        ga_att[b] = gaa
+        ga_rel[b] = gar
+        gs0[b] = carry
+
+
+def _np64(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)
+
+
+class _Smooth(torch.autograd.Function):
+    """s[i] = a s[i-1] + (1 - a) r[i], a = a_att if r[i] > s[i-1] (reduction rising) else a_rel.
+
+    r `(rows, samples)` gain reduction in dB; a_att, a_rel, s0 `(rows,)`. The branch is treated
+    as locally constant (it is, almost everywhere), so the adjoint is exact there:
+    lambda[i] = dL/ds[i] + a[i+1] lambda[i+1]; dL/dr[i] = (1 - a[i]) lambda[i];
+    dL/da = sum over the samples using a of lambda[i] (s[i-1] - r[i]).
+    """
+
+    @staticmethod
+    def forward(ctx, r, a_att, a_rel, s0):
+        r_np, aa, ar, s0_np = _np64(r), _np64(a_att), _np64(a_rel), _np64(s0)
+        s_np = np.empty_like(r_np)
+        _smooth_fwd_kernel(r_np, aa, ar, s0_np, s_np)
+        s = torch.from_numpy(s_np).to(device=r.device, dtype=r.dtype)
+        ctx.save_for_backward(r, s, a_att, a_rel, s0)
+        return s
+
+    @staticmethod
+    def backward(ctx, gs):
+        r, s, a_att, a_rel, s0 = ctx.saved_tensors
+        r_np = _np64(r)
+        gr = np.empty_like(r_np)
+        rows = r_np.shape[0]
+        ga_att, ga_rel, gs0 = np.empty(rows), np.empty(rows), np.empty(rows)
+        _smooth_bwd_kernel(r_np, _np64(s), _np64(a_att), _np64(a_rel), _np64(s0), _np64(gs),
+                           gr, ga_att, ga_rel, gs0)
+        out = lambda a, like: torch.from_numpy(a).to(device=like.device, dtype=like.dtype)  # noqa: E731
+        return out(gr, r), out(ga_att, a_att), out(ga_rel, a_rel), out(gs0, s0)
+
+
+def smooth_gain_reduction(r, attack_coeff, release_coeff, initial=None):
+    """Attack/release one-pole smoothing of gain reduction r `(rows, samples)` (dB).
+    Coefficients `(rows,)`; `initial` `(rows,)` state before the first sample (default 0 dB)."""
+    if initial is None:
+        initial = torch.zeros_like(attack_coeff)
+    return _Smooth.apply(r, attack_coeff, release_coeff, initial)
+
+
+def time_constant_coeff(time_ms, sample_rate: float):
+    """One-pole coefficient for a time constant: after time_ms a step has moved 1 - 1/e (63%)."""
+    return torch.exp(-1000.0 / (time_ms * sample_rate))
+
+
+def level_db(x: torch.Tensor) -> torch.Tensor:
+    """Instantaneous level in dB, floored at -100 dB so that silence has finite gradients."""
+    return 10.0 * torch.log10(x * x + 1e-10)
+
+
+_DB_PER_NEPER = 20.0 / math.log(10.0)
+
+
+def _curve_parts(x, thr, ratio, knee):
+    """Vectorised level and soft-knee curve for `_Compressor`: x `(rows, samples)`, the rest
+    `(rows, 1)`. Returns r (dB), f (r without the 1 - 1/R factor), c = 1 - 1/R, df/dd, df/dW."""
+    lv = 10.0 * torch.log10(x * x + 1e-10)
+    d = lv - thr
+    w = knee.clamp_min(0.0)
+    ws = w.clamp_min(1e-6)
+    above = d > 0.5 * w
+    inside = ~above & (d > -0.5 * w)
+    q = d + 0.5 * w
+    zero = torch.zeros_like(d)
+    f = torch.where(above, d, torch.where(inside, q * q / (2.0 * ws), zero))
+    dfdd = torch.where(above, torch.ones_like(d), torch.where(inside, q / ws, zero))
+    dfdw = torch.where(inside, q / (2.0 * ws) - q * q / (2.0 * ws * ws) * (w > 1e-6), zero)
+    c = 1.0 - 1.0 / ratio
+    return c * f, f, c, dfdd, dfdw
+
+
+class _Compressor(torch.autograd.Function):
+    """The compressor with a hand-written backward: x `(rows, samples)`, the rest `(rows,)`
+    (threshold dB, ratio, knee dB, makeup dB, attack and release coefficients, initial state dB).
+    Returns y `(rows, samples)` and the final smoothed reduction `(rows,)` (not differentiable).
+
+    The per-sample curve and gain are vectorised torch ops; only the two recursions (smoothing
+    forward, its reverse-time adjoint backward) run in numba. A fused numba loop was 4x slower:
+    without SVML, numba's scalar log10/pow per sample dominate.
+    """
+
+    @staticmethod
+    def forward(ctx, x, thr, ratio, knee, makeup, a_att, a_rel, s0):
+        col = lambda p: p.reshape(-1, 1)  # noqa: E731
+        r, f, c, dfdd, dfdw = _curve_parts(x, col(thr), col(ratio), col(knee))
+        r_np = _np64(r)
+        s_np = np.empty_like(r_np)
+        _smooth_fwd_kernel(r_np, _np64(a_att), _np64(a_rel), _np64(s0), s_np)
+        s = torch.from_numpy(s_np).to(x.device)  # float64 state, on x's device (CUDA works too)
+        g = torch.exp((col(makeup) - s.to(x.dtype)) / _DB_PER_NEPER)
+        y = x * g
+        # the curve's parts are kept rather than recomputed: ~10 % of the compressor's time
+        ctx.save_for_backward(x, s, g, r, f, dfdd, dfdw, c, ratio, knee, a_att, a_rel, s0)
+        last = s[:, -1].to(x.dtype) if s.shape[1] else s0.detach().clone()
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, gy, _):
+        x, s, g, r, f, dfdd, dfdw, c, ratio, knee, a_att, a_rel, s0 = ctx.saved_tensors
+        gg = gy * x * g / _DB_PER_NEPER  # dL / d gain_db, per sample
+        r_np = _np64(r)
+        gr = np.empty_like(r_np)
+        rows = r_np.shape[0]
+        ga_att, ga_rel, gs0 = np.empty(rows), np.empty(rows), np.empty(rows)
+        _smooth_bwd_kernel(r_np, _np64(s), _np64(a_att), _np64(a_rel), _np64(s0), _np64(-gg),
+                           gr, ga_att, ga_rel, gs0)
+        gr = torch.from_numpy(gr).to(device=x.device, dtype=x.dtype)
+        gr_c_dd = gr * c * dfdd
+        gx = gy * g + gr_c_dd * (_DB_PER_NEPER * x / (x * x + 1e-10))
+        as_ = lambda a, like: torch.as_tensor(a).to(device=like.device, dtype=like.dtype)  # noqa: E731
+        return (gx, -gr_c_dd.sum(-1), (gr * f).sum(-1) / (ratio * ratio),
+                (gr * c * dfdw).sum(-1) * (knee >= 0), gg.sum(-1),
+                as_(ga_att, a_att), as_(ga_rel, a_rel), as_(gs0, s0))
+
+
+def compressor(x, sample_rate: float, threshold_db, ratio, attack_ms, release_ms, knee_db,
+               makeup_db, initial_db=None, return_state: bool = False):
+    """Feed-forward compressor, each channel detected on its own; no look-ahead, zero latency.
+
+    x `(batch, channels, samples)`; threshold_db (dB), ratio (:1), attack_ms, release_ms (ms),
+    knee_db (dB), makeup_db (dB) `(batch,)`. Level in dB per sample (floored at -100 dB) ->
+    soft-knee gain reduction (`gain_computer_db`) -> one-pole smoothing with the attack
+    coefficient while the reduction rises and the release one while it falls (time constants:
+    63 % of a step after attack_ms / release_ms) -> gain = makeup - smoothed reduction.
+    Hand-written backward with the smoothing's reverse-time adjoint in numba (`_Compressor`),
+    so every parameter, release included, has its exact gradient. `initial_db`
+    `(batch * channels,)`: smoothed reduction carried from a previous chunk (streaming); with
+    return_state the final state is returned too.
+    """
+    B, C, T = x.shape
+    rep = lambda p: torch.as_tensor(p, dtype=x.dtype, device=x.device).reshape(B, 1).expand(B, C).reshape(-1)  # noqa: E731
+    a_att = time_constant_coeff(rep(attack_ms), sample_rate)
+    a_rel = time_constant_coeff(rep(release_ms), sample_rate)
+    s0 = torch.zeros(B * C, dtype=x.dtype, device=x.device) if initial_db is None else initial_db.to(x.dtype)
+    y, last = _Compressor.apply(x.reshape(B * C, T), rep(threshold_db), rep(ratio), rep(knee_db), rep(makeup_db),
+                                a_att, a_rel, s0)
+    y = y.reshape(B, C, T)
+    return (y, last) if return_state else y
+
+
+def _warm_up() -> float:
+    """Run both kernels once (compiled eagerly from their signatures when this module is
+    imported: ~1-2 s once per process; nothing is cached on disk, so read-only installs work)."""
+    t0 = time.perf_counter()
+    r = np.zeros((1, 4))
+    z = np.zeros(1)
+    _smooth_fwd_kernel(r, z + 0.5, z + 0.5, z, r.copy())
+    _smooth_bwd_kernel(r, r, z + 0.5, z + 0.5, z, r, r.copy(), z.copy(), z.copy(), z.copy())
+    return time.perf_counter() - t0
+
+
+_warm_up()
+
+
+# ---------------------------------------------------------------------------------------------
+# reverb
+
+REVERB_BAND_EDGES_HZ = (500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+_DAMPING_REF_HZ = 500.0
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_bands(sample_rate: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed, seeded white noise for L and R (independent, so decorrelated) split into bands.
+
+    Returns (bands `(K, 2, length)` float32 that sum to the noise, octaves above 500 Hz of each
+    band's centre `(K,)`). Band masks are raised-cosine crossfades one octave wide on a log-f axis,
+    so they sum to one: with no damping the IR is exactly the noise times one envelope.
+    """
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(2, length, generator=g, dtype=torch.float64)
+    n_fft = next_fast_len(length)
+    spec = torch.fft.rfft(noise, n=n_fft)
+    f = torch.fft.rfftfreq(n_fft, 1.0 / sample_rate, dtype=torch.float64)
+    lf = torch.log2(f.clamp_min(1.0))
+    edges = [e for e in REVERB_BAND_EDGES_HZ if e < 0.45 * sample_rate]
+    # cumulative "above edge e" masks: 0 one half-octave below e, 1 one half-octave above
+    above = [0.5 - 0.5 * torch.cos(math.pi * ((lf - math.log2(e) + 0.5).clamp(0, 1))) for e in edges]
+    masks, prev = [], torch.ones_like(lf)
+    for m in above:
+        masks.append(prev - m)
+        prev = m
+    masks.append(prev)
+    bands = torch.stack([torch.fft.irfft(spec * m, n=n_fft)[..., :length] for m in masks])
+    centres = [edges[0] / 2 ** 0.5] + [math.sqrt(a * b) for a, b in zip(edges[:-1], edges[1:])] + [edges[-1] * 2 ** 0.5]
+    octaves = torch.tensor([max(0.0, math.log2(c / _DAMPING_REF_HZ)) for c in centres], dtype=torch.float64)
+    return bands.float(), octaves.float()
+
+
+REVERB_TAIL_DB = 80.0  # the IR is cut where its slowest band has decayed by this much
+
+
+def reverb_ir_length(sample_rate: int, decay_s, predelay_ms, ir_seconds: float = 2.5) -> int:
+    """Taps for a batch: predelay + the time to decay by REVERB_TAIL_DB at the longest RT60,
+    rounded up to 1/8 s (few distinct FFT sizes), capped at ir_seconds. Not differentiable."""
+    need = float(torch.max(torch.as_tensor(predelay_ms).detach() / 1000.0 + 0.001
+                           + torch.as_tensor(decay_s).detach() * REVERB_TAIL_DB / 60.0))
+    need = math.ceil(need * 8.0) / 8.0
+    return int(round(min(need, ir_seconds) * sample_rate))
+
+
+def reverb_ir(sample_rate: int, decay_s, predelay_ms, tone, wet_db, ir_seconds: float = 2.5,
+              seed: int = 0, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Stereo reverb impulse response `(batch, 2, taps)`, taps = `reverb_ir_length(...)`.
+
+    decay_s: RT60 (s) of bands at or below 500 Hz; tone in [0, 1]: high-frequency damping, each
+    octave above 500 Hz decays faster by a factor 0.5 + 0.5 * tone (tone 1 = same RT60 at all
+    frequencies, tone 0 = RT60 halved per octave). predelay_ms (ms): the envelope starts there
+    with a 1 ms raised-cosine onset; it is continuous in predelay, so predelay has a gradient.
+    Each channel is normalised to unit energy, then scaled by wet_db (dB): the wet level relative
+    to the dry signal for broadband input. The IR ends once decayed by 80 dB, or at ir_seconds
+    (the cap) with its last 10 % faded out. The noise is the same whatever the length.
+    """
+    decay_s = torch.as_tensor(decay_s, dtype=dtype, device=device).reshape(-1, 1, 1)
+    predelay_ms = torch.as_tensor(predelay_ms, dtype=dtype, device=device).reshape(-1, 1, 1)
+    tone = torch.as_tensor(tone, dtype=dtype, device=device).reshape(-1, 1, 1)
+    wet_db = torch.as_tensor(wet_db, dtype=dtype, device=device).reshape(-1, 1)
+    L_cap = int(round(ir_seconds * sample_rate))
+    L = reverb_ir_length(sample_rate, decay_s, predelay_ms, ir_seconds)
+    bands, octaves = _noise_bands(int(sample_rate), L_cap, seed)
+    bands = bands[..., :L].to(device=decay_s.device, dtype=dtype)
+    octaves = octaves.to(device=decay_s.device, dtype=dtype).reshape(1, -1, 1)
+    t = torch.arange(L, device=decay_s.device, dtype=dtype).reshape(1, 1, -1) / sample_rate
+    t0 = predelay_ms / 1000.0
+    rt60 = decay_s * torch.exp(octaves * torch.log(0.5 + 0.5 * tone))  # (batch, K, 1)
+    # -60 dB at RT60: amplitude envelope exp(-ln(1000) (t - t0) / RT60)
+    rel = torch.relu(t - t0)
+    env = torch.exp(rel * (-math.log(1000.0) / rt60))  # (batch, K, L); scalars folded first
+    shape = 0.5 - 0.5 * torch.cos(math.pi * (rel * 1000.0).clamp(max=1.0))  # 1 ms onset
+    if L == L_cap:
+        fade_len = max(1, L // 10)
+        fade = torch.ones(L, dtype=dtype, device=decay_s.device)
+        fade[-fade_len:] = 0.5 + 0.5 * torch.cos(torch.linspace(0, math.pi, fade_len, dtype=dtype, device=decay_s.device))
+        shape = shape * fade
+    ir = env[:, :1] * bands[0]
+    for k in range(1, bands.shape[0]):  # a loop of fused multiply-adds beats einsum's tiny bmm
+        ir = ir + env[:, k : k + 1] * bands[k]
+    ir = ir * shape
+    energy = ir.pow(2).sum(-1).clamp_min(1e-12)
+    return ir * (db_to_amp(wet_db) / torch.sqrt(energy)).unsqueeze(-1)
+
+
+class _FFTConv(torch.autograd.Function):
+    """First T samples of the linear convolution x * h by one FFT size N >= T + taps - 1.
+
+    Written out so that the backward pass is three real FFT products (cross-correlations by
+    conj spectra, valid because N leaves no wrap-around) instead of autograd's complex-to-complex
+    FFTs and full-length zero fills.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h):
+        T, L = x.shape[-1], h.shape[-1]
+        n = next_fast_len(T + L - 1)
+        X, H = torch.fft.rfft(x, n=n), torch.fft.rfft(h, n=n)
+        ctx.save_for_backward(X, H)
+        ctx.sizes = (T, L, n, x.shape, h.shape)
+        return torch.fft.irfft(X * H, n=n)[..., :T]
+
+    @staticmethod
+    def backward(ctx, gy):
+        X, H = ctx.saved_tensors
+        T, L, n, xs, hs = ctx.sizes
+        G = torch.fft.rfft(gy, n=n)
+        gx = gh = None
+        # a broadcast input's gradient is summed over channels before the inverse FFT (linear)
+        if ctx.needs_input_grad[0]:
+            GX = G * H.conj()
+            GX = GX.sum(1, keepdim=True) if xs[1] == 1 and GX.shape[1] != 1 else GX
+            gx = torch.fft.irfft(GX, n=n)[..., :T]
+        if ctx.needs_input_grad[1]:
+            GH = G * X.conj()
+            GH = GH.sum(1, keepdim=True) if hs[1] == 1 and GH.shape[1] != 1 else GH
+            gh = torch.fft.irfft(GH, n=n)[..., :L]
+        return gx, gh
+
+
+def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Causal linear convolution, first `samples` outputs: x `(batch, 1|C, samples)`,
+    h `(batch, 1|C, taps)` -> `(batch, C, samples)`."""
+    return _FFTConv.apply(x, h)
+
+
+def reverb(x, sample_rate: int, decay_s, predelay_ms, tone, wet_db, ir_seconds: float = 2.5,
+           seed: int = 0) -> torch.Tensor:
+    """Mono-in, stereo wet out: x `(batch, 1, samples)` -> `(batch, 2, samples)` = x * reverb_ir
+    (see `reverb_ir` for the parameters). Only the wet signal; the console adds the dry path."""
+    h = reverb_ir(sample_rate, decay_s, predelay_ms, tone, wet_db, ir_seconds, seed, x.dtype, x.device)
+    return fft_convolve(x, h)
