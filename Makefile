@@ -30,3 +30,35 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# --- Upstream Diff-MST with our patch series (see README "Upstream"); CI needs none of this ---
+UPSTREAM ?= Diff-MST
+UPSTREAM_VENV ?= .venv-upstream
+APPROACH ?= approach1
+UPSTREAM_TESTS = tests/test_torchaudio_optional.py tests/test_mono_reference.py tests/test_controller_tokens.py \
+	tests/test_panner_off.py tests/test_compressor_latency.py tests/test_sample_rate.py tests/test_vocal_losses.py \
+	tests/test_vocal_data.py tests/test_no_mix_encoder.py tests/test_vocal_system.py
+.PHONY: patches-check patches-refresh upstream upstream-install upstream-test upstream-fit
+
+patches-check: $(VENV)/.installed
+	$(BIN)/python scripts/patches.py check
+
+patches-refresh: $(VENV)/.installed
+	$(BIN)/python scripts/patches.py refresh
+
+upstream: $(VENV)/.installed
+	git submodule update --init $(UPSTREAM)
+	$(BIN)/python scripts/patches.py apply --upstream $(UPSTREAM)
+
+upstream-install:
+	test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
+	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(UPSTREAM)/requirements-vocal.txt
+	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(UPSTREAM)
+
+upstream-test:
+	cd $(UPSTREAM) && $(abspath $(UPSTREAM_VENV))/bin/python -m pytest -q $(UPSTREAM_TESTS)
+
+upstream-fit:
+	cd $(UPSTREAM) && $(abspath $(UPSTREAM_VENV))/bin/python main.py fit -c configs/vocal.yaml \
+	  -c configs/data/vocal.yaml -c configs/models/vocal-$(APPROACH).yaml --data.init_args.root $(abspath $(DATA))

@@ -1,0 +1,471 @@
+"""`mst-single mix RAW -o OUT --ckpt CKPT [--reference REF]`: mix a raw vocal with a trained model.
+
+1. The checkpoint is loaded on the CPU (Approach 1 needs `--reference`, Approach 2 refuses one).
+2. First streaming pass over RAW (any length, rate, mono or stereo -> mono mean downmix):
+   integrated loudness (BS.1770, `loudness.StreamingLoudness`) and a 100 ms energy envelope.
+3. Parameters: up to `max_segments` non-silent segments of `segment_seconds`, evenly spaced across
+   the song, are read at the model's rate, loudness-normalised like in training, and the network
+   predicts one setting per segment (Approach 1: each paired with a segment of the reference,
+   chosen the same way). The settings are combined by the per-parameter **median in the
+   normalised [0, 1] space**: robust to a few outlier segments (a breath, a shout), and in that
+   space a log-scaled parameter (frequency, ratio, times) is averaged on its log scale.
+4. Second streaming pass: RAW is normalised to the model's `target_lufs` (whole-file integrated
+   loudness from step 2, same +-30 dB clamp as training) and run through the console **at the
+   input's own sample rate**, block by block (`VocalConsole.streamer`). The parameters are
+   physical units (dB, Hz, ms), so they mean the same at any rate; running at the input rate
+   avoids resampling the whole file twice (quality, time, memory) and keeps the output sample-exact
+   in length. Memory is bounded by the block size, not the file length.
+5. OUT (WAV float32, or FLAC 24-bit for `.flac`; stereo, input rate, input length),
+   `OUT.params.json` and `OUT.mixsheet.md` are written to temporary files and renamed into place
+   together at the end: on any error none of them appears.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mst_single import fileio
+from mst_single.errors import DataError, MstError
+
+ENVELOPE_SECONDS = 0.1  # energy envelope resolution for segment selection
+SILENT_DBFS = -70.0  # a window below this RMS (dBFS) is silence whatever the song's level
+SEGMENT_RANGE_DB = 30.0  # windows more than this below the loudest window are not used
+DEFAULT_MAX_SEGMENTS = 8
+DEFAULT_BLOCK = 1 << 19  # samples per streaming block (10.9 s at 48 kHz, ~20 MB of work buffers): long
+# next to the 2.5 s reverb IR, so the overlap-add FFTs waste little (FFT length ~1.2x the block)
+_CKPT_FIX = "pass a .ckpt written by `mst-single fit` (runs/NAME/checkpoints/last.ckpt or best-*.ckpt)"
+_MODEL_CACHE: dict = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoint
+
+def load_model(ckpt: str | os.PathLike):
+    """A `VocalMST` from a checkpoint, on the CPU, in eval mode.
+
+    Returns (model, checkpoint metadata dict). MstError naming the file when it is missing, a folder,
+    unreadable/corrupt, or not a vocal-mst checkpoint.
+    """
+    import torch
+
+    path = Path(ckpt)
+    if not path.exists():
+        raise MstError("checkpoint not found", path, _CKPT_FIX)
+    if path.is_dir():
+        raise MstError("the checkpoint path is a folder, not a .ckpt file", path, _CKPT_FIX)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key]
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle/zip/EOF/RuntimeError: all mean "cannot read it"
+        raise MstError(f"the checkpoint cannot be read; it is corrupt, truncated or not a PyTorch file "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})", path, _CKPT_FIX) from e
+    hp = data.get("hyper_parameters") if isinstance(data, dict) else None
+    if not isinstance(hp, dict) or hp.get("approach") not in ("approach1", "approach2") or "state_dict" not in data:
+        raise MstError("not a vocal-mst checkpoint (no approach1/approach2 model settings in it)", path, _CKPT_FIX)
+    import inspect
+
+    from mst_single.system import VocalMST
+
+    names = set(inspect.signature(VocalMST.__init__).parameters) - {"self"}
+    try:
+        model = VocalMST(**{k: v for k, v in hp.items() if k in names})
+        model.load_state_dict(data["state_dict"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise MstError(f"the checkpoint does not match this version's model ({str(e).splitlines()[0][:200]})",
+                       path, "retrain with this version, or use the vocal-mst version that wrote it") from e
+    model.eval()
+    meta = {"path": str(path), "epoch": data.get("epoch"), "global_step": data.get("global_step"),
+            "data": dict(data.get("datamodule_hyper_parameters") or {})}
+    _MODEL_CACHE.clear()  # one model at a time: bounded memory
+    _MODEL_CACHE[key] = (model, meta)
+    return model, meta
+
+
+def check_reference(model, ckpt, reference) -> None:
+    """Approach 1 needs a reference, Approach 2 refuses one; MstError with the fix otherwise."""
+    if model.approach == "approach1" and reference is None:
+        raise MstError("this is an approach1 (reference-based) checkpoint: it needs a reference mix", ckpt,
+                       "pass --reference REF.wav (a mixed vocal in the style you want), "
+                       "or use an approach2 (house-style) checkpoint")
+    if model.approach == "approach2" and reference is not None:
+        raise MstError("this is an approach2 (house-style) checkpoint: it takes no reference mix", ckpt,
+                       "drop --reference, or use an approach1 (reference-based) checkpoint")
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming reads
+
+def _blocks(path, info, block: int):
+    """Yield (start, (channels, n) float32) blocks of a whole file, read-only; DataError for NaN/Inf."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path), "r") as f:
+            start = 0
+            while True:
+                x = f.read(block, dtype="float32", always_2d=True)
+                if len(x) == 0:
+                    break
+                x = x.T
+                bad = ~np.isfinite(x)
+                if bad.any():
+                    first = start + int(np.argmax(bad.any(axis=0)))
+                    raise DataError(f"contains NaN/Inf samples (first at {first / info.sample_rate:.3f} s)", path,
+                                    "re-render or re-export the file; NaN/Inf usually come from a broken plugin")
+                yield start, x
+                start += x.shape[1]
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise DataError(f"the audio data cannot be decoded ({e})", path,
+                        "re-export the file from your audio editor as WAV or FLAC") from e
+
+
+def analyse(path, info, block: int = DEFAULT_BLOCK, bar=None) -> dict:
+    """First pass over a file (mono downmix): integrated loudness (LUFS) and a 100 ms RMS envelope (dBFS)."""
+    from mst_single.loudness import StreamingLoudness
+
+    meter = StreamingLoudness(info.sample_rate, 1)
+    hop = max(1, int(round(ENVELOPE_SECONDS * info.sample_rate)))
+    energies, carry = [], np.zeros(0, np.float64)
+    for _, x in _blocks(path, info, block):
+        mono = x.mean(axis=0, keepdims=True)
+        meter.update(mono)
+        sq = np.concatenate([carry, mono[0].astype(np.float64) ** 2])
+        n = len(sq) // hop
+        if n:
+            energies.append(sq[: n * hop].reshape(n, hop).mean(1))
+        carry = sq[n * hop:]
+        if bar is not None:
+            bar.update(x.shape[1] / info.sample_rate)
+    if len(carry):
+        energies.append(np.array([carry.mean()]))
+    env = np.concatenate(energies) if energies else np.zeros(1)
+    return {"lufs": meter.integrated(), "env_db": 10 * np.log10(np.maximum(env, 1e-14)), "hop": hop}
+
+
+def choose_segments(env_db: np.ndarray, hop: int, frames: int, seg_len: int, k: int, path) -> list[int]:
+    """Up to `k` non-overlapping non-silent segment starts (samples), evenly spaced across the file.
+
+    A window is usable when its RMS is above -70 dBFS and within 30 dB of the loudest window.
+    Files shorter than one segment give one segment at 0 (zero-padded when read). DataError for
+    an all-silent file.
+    """
+    if frames <= seg_len:
+        if env_db.max() < SILENT_DBFS:
+            raise DataError("the vocal is silent (no audio above -70 dBFS)", path, "check the file (muted export?)")
+        return [0]
+    w = max(1, int(round(seg_len / hop)))
+    csum = np.concatenate([[0.0], np.cumsum(10 ** (env_db / 10))])
+    last = max(0, min((frames - seg_len) // hop, len(env_db) - 1))
+    starts = np.arange(last + 1)
+    win_db = 10 * np.log10(np.maximum((csum[np.minimum(starts + w, len(env_db))] - csum[starts]) / w, 1e-14))
+    ok = (win_db > SILENT_DBFS) & (win_db >= win_db.max() - SEGMENT_RANGE_DB)
+    cands = starts[ok]
+    if len(cands) == 0:
+        raise DataError("the vocal is silent (no segment above -70 dBFS)", path, "check the file (muted export?)")
+    lo, hi = int(cands[0]), int(cands[-1])
+    # evenly spaced targets, as many as fit without overlap, each snapped to the nearest free candidate
+    n = max(1, min(k, (hi - lo) // w + 1))
+    targets = [lo + (hi - lo) * j / (n - 1) for j in range(n)] if n > 1 else [(lo + hi) / 2]
+    chosen: list[int] = []
+    for target in targets:
+        free = cands[np.all(np.abs(cands[:, None] - np.array(chosen or [-10 ** 9])[None]) >= w, axis=1)]
+        if len(free) == 0:
+            break
+        chosen.append(int(free[np.argmin(np.abs(free - target))]))
+    return sorted(min(c * hop, frames - seg_len) for c in chosen)
+
+
+def _read_segments(path, info, starts_native: list[int], seg_native: int, sample_rate: int, channels: int):
+    """Segments (n, channels, seg) at the model's `sample_rate` from native start positions."""
+    from mst_single.audio import read_segment
+
+    seg = int(round(seg_native * sample_rate / info.sample_rate))
+    out = [read_segment(path, int(round(s * sample_rate / info.sample_rate)), seg, sample_rate, channels, info)
+           for s in starts_native]
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# readable outputs
+
+def _signed(v: float, unit: str, digits: int = 1) -> str:
+    s = f"{abs(v):.{digits}f}"
+    sign = "+" if v > 0.05 else ("\u2212" if v < -0.05 else "")
+    return f"{sign}{s} {unit}".strip() if sign else f"{s} {unit}".strip()
+
+
+def _hz(v: float) -> str:
+    return f"{v / 1000:.1f} kHz" if v >= 1000 else f"{v:.0f} Hz"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.1f} ms" if v < 10 else f"{v:.0f} ms"
+
+
+def mixsheet_lines(params: dict, stages: dict) -> list[str]:
+    """One readable line per console stage, e.g. "Comp: −18.0 dB, 3.5:1, 8.0 ms / 120 ms, …"."""
+    p = params
+    lines = []
+    lines.append("Input gain: " + (_signed(p["gain_db"], "dB") if stages.get("gain") else "off"))
+    if stages.get("eq"):
+        bands = []
+        for band in ("low_shelf", "band1", "band2", "band3", "band4", "high_shelf"):
+            g, f, q = (p[f"eq_{band}_{k}"] for k in ("gain_db", "freq_hz", "q"))
+            text = f"{_signed(g, 'dB')} at {_hz(f)}"
+            if band == "low_shelf":
+                text = f"low shelf {text}"
+            elif band == "high_shelf":
+                text = f"high shelf {text}"
+            else:
+                text += f", Q {q:.1f}"
+            bands.append(text)
+        lines.append("EQ: " + "; ".join(bands))
+    else:
+        lines.append("EQ: off")
+    if stages.get("compressor"):
+        lines.append(f"Comp: {_signed(p['comp_threshold_db'], 'dB')}, {p['comp_ratio']:.1f}:1, "
+                     f"{_ms(p['comp_attack_ms'])} / {_ms(p['comp_release_ms'])}, knee {p['comp_knee_db']:.0f} dB, "
+                     f"makeup {_signed(p['comp_makeup_db'], 'dB')}")
+    else:
+        lines.append("Comp: off")
+    if stages.get("reverb"):
+        lines.append(f"Reverb: {p['reverb_decay_s']:.1f} s, predelay {p['reverb_predelay_ms']:.0f} ms, "
+                     f"tone {p['reverb_tone']:.2f}, wet {_signed(p['reverb_wet_db'], 'dB')}")
+    else:
+        lines.append("Reverb: off")
+    lines.append("Output gain: " + (_signed(p["output_gain_db"], "dB") if stages.get("output_gain") else "off"))
+    return lines
+
+
+def mixsheet(report: dict) -> str:
+    r = report
+    sr = r["sample_rate"]
+    segs = r["segments"]
+    head = [
+        f"# Mix sheet: {Path(r['output']).name}",
+        "",
+        f"- Input: `{r['input']}` ({sr / 1000:g} kHz, {r['input_channels']} ch"
+        f"{' downmixed to mono' if r['input_channels'] > 1 else ''}, {r['seconds']:.1f} s)",
+        f"- Model: {r['approach']} "
+        f"({'reference-based' if r['approach'] == 'approach1' else 'house style'}), `{r['checkpoint']}`",
+    ]
+    if r.get("reference"):
+        head.append(f"- Reference: `{r['reference']}`")
+    head += [
+        f"- Loudness: input {r['input_lufs']:.1f} LUFS, normalised to {r['target_lufs']:.1f} LUFS "
+        f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
+        f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
+        "normalised [0, 1] space (robust to outlier segments)",
+        f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS",
+        "",
+        "## Settings",
+        "",
+    ]
+    body = [f"- {line}" for line in mixsheet_lines(r["params"], r["stages"])]
+    return "\n".join(head + body) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# the mix
+
+class _Progress:
+    """tqdm in seconds of audio processed (both passes); float rounding never overshoots the total."""
+
+    def __init__(self, total: float, desc: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled, unit="s",
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+
+    def update(self, seconds: float) -> None:
+        self.bar.update(max(0.0, min(seconds, self.bar.total - self.bar.n)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
+             max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
+             progress: bool = False, command: list[str] | None = None) -> dict:
+    """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
+
+    Args:
+        raw_path: raw vocal, WAV/FLAC, any rate/length, mono or stereo (mean downmix).
+        out_path: output file (`.wav` float32, or `.flac` 24-bit); stereo at the input's rate.
+        ckpt: checkpoint written by `mst-single fit`.
+        reference: mixed reference vocal (Approach 1 only; required there, refused for Approach 2).
+        segment_seconds: analysis segment length (s); default: the training segment length.
+        max_segments: at most this many segments are analysed; their settings are combined by the
+            median in the normalised [0, 1] space.
+        block_size: samples per streaming block (memory is bounded by it, not by the file length).
+        progress: show a progress bar (stderr).
+    Returns:
+        the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
+    """
+    import torch
+
+    from mst_single import provenance
+    from mst_single.audio import audio_info
+    from mst_single.console import VocalConsole
+
+    raw_path, out_path = Path(raw_path), Path(out_path)
+    model, meta = load_model(ckpt)
+    check_reference(model, ckpt, reference)
+    info = audio_info(raw_path)
+    rinfo = audio_info(reference) if reference is not None else None
+    for src in [raw_path] + ([Path(reference)] if reference is not None else []):
+        if (out_path.exists() and os.path.samefile(src, out_path)) or out_path.resolve() == Path(src).resolve():
+            raise MstError("the output would overwrite an input file", out_path, "choose another -o path")
+    json_path = out_path.with_name(out_path.name + ".params.json")
+    md_path = out_path.with_name(out_path.name + ".mixsheet.md")
+    block_size = max(int(block_size), 1024)
+
+    sr_in, frames = info.sample_rate, info.frames
+    msr = model.sample_rate
+    seg_s = float(segment_seconds if segment_seconds is not None else meta["data"].get("segment_seconds") or 4.0)
+    if seg_s <= 0:
+        raise MstError(f"--segment-seconds must be positive, got {seg_s}", fix="e.g. --segment-seconds 4")
+    total = frames / sr_in * 2 + (rinfo.frames / rinfo.sample_rate if rinfo else 0)
+    bar = _Progress(total, f"mix {raw_path.name}", progress)
+    with bar:
+        # pass 1: loudness + where the singing is
+        ana = analyse(raw_path, info, block_size, bar)
+        seg_native = int(round(seg_s * sr_in))
+        starts = choose_segments(ana["env_db"], ana["hop"], frames, seg_native, max(1, int(max_segments)), raw_path)
+        raw_segs = torch.from_numpy(_read_segments(raw_path, info, starts, seg_native, msr, 1))
+        ref_segs, ref_starts = None, []
+        if rinfo is not None:
+            rana = analyse(reference, rinfo, block_size, bar)
+            rseg_native = int(round(seg_s * rinfo.sample_rate))
+            ref_starts = choose_segments(rana["env_db"], rana["hop"], rinfo.frames, rseg_native, len(starts), reference)
+            picked = [ref_starts[i % len(ref_starts)] for i in range(len(starts))]
+            ref_segs = torch.from_numpy(_read_segments(reference, rinfo, picked, rseg_native, msr, 2))
+            if ref_segs.shape[-1] != raw_segs.shape[-1]:  # rounding at odd rates: same length for the network
+                n = min(ref_segs.shape[-1], raw_segs.shape[-1])
+                ref_segs, raw_segs = ref_segs[..., :n], raw_segs[..., :n]
+
+        with torch.no_grad():
+            per_seg = model.predict_params(raw_segs, ref_segs).float()
+        if not torch.isfinite(per_seg).all():
+            raise MstError("the model predicted NaN/Inf parameters for this input", ckpt,
+                           "check the checkpoint (was its training stable?) and the input file")
+        p = per_seg.median(dim=0, keepdim=True).values  # (1, P) in [0, 1]
+        units_t = model.console.denormalize(p)
+        units = {k: float(v[0]) for k, v in units_t.items()}
+
+        # pass 2: the chain over the whole file at the input's rate, block by block
+        console = VocalConsole(sr_in, model.console.stages)
+        p_in = console.normalize({k: v for k, v in units.items()})
+        lufs = ana["lufs"]
+        from mst_single.loudness import SILENCE_LUFS
+
+        gain_db = 0.0 if lufs <= SILENCE_LUFS else float(np.clip(model.target_lufs - lufs, -30.0, 30.0))
+        gain = 10 ** (gain_db / 20)
+        streamer = console.streamer(p_in)
+        import soundfile as sf
+
+        out_fmt, subtype = ("FLAC", "PCM_24") if out_path.suffix.lower() == ".flac" else ("WAV", "FLOAT")
+        if out_fmt == "WAV" and frames * 2 * 4 > 3.9e9:
+            out_fmt = "RF64"  # plain WAV stops at 4 GB
+        peak = 0.0
+        with contextlib.ExitStack() as stack:
+            tmp_wav = stack.enter_context(fileio.atomic_path(out_path))
+            tmp_json = stack.enter_context(fileio.atomic_path(json_path))
+            tmp_md = stack.enter_context(fileio.atomic_path(md_path))
+            with sf.SoundFile(str(tmp_wav), "w", samplerate=sr_in, channels=2, subtype=subtype, format=out_fmt) as f:
+                for start, x in _blocks(raw_path, info, block_size):
+                    y = streamer.process(x.mean(axis=0, keepdims=True) * gain)
+                    if not np.isfinite(y).all():
+                        raise MstError(f"the chain produced NaN/Inf output near {start / sr_in:.1f} s", raw_path,
+                                       "report this with the file and checkpoint; no output was written")
+                    peak = max(peak, float(np.abs(y).max()))
+                    f.write(y.T)
+                    bar.update(x.shape[1] / sr_in)
+                written = f.frames
+            if written != frames:
+                raise MstError(f"wrote {written} samples but the input has {frames}", raw_path,
+                               "the input file may have changed while mixing; run again")
+            specs = {s.name: s for s in model.console.specs}
+            report = {
+                "output": str(out_path),
+                "input": str(raw_path),
+                "reference": str(reference) if reference is not None else None,
+                "approach": model.approach,
+                "checkpoint": str(ckpt),
+                "checkpoint_epoch": meta.get("epoch"),
+                "checkpoint_step": meta.get("global_step"),
+                "sample_rate": sr_in,
+                "model_sample_rate": msr,
+                "samples": frames,
+                "seconds": frames / sr_in,
+                "input_channels": info.channels,
+                "input_lufs": lufs,
+                "target_lufs": model.target_lufs,
+                "normalization_gain_db": gain_db,
+                "stages": dict(model.console.stages),
+                "params": units,
+                "units": {k: specs[k].unit for k in units},
+                "params_normalized": {k: float(v) for k, v in zip(model.console.param_names, p[0].tolist())},
+                "combine": "median over segments, per parameter, in the normalised [0, 1] space",
+                "segments": {
+                    "seconds": seg_s,
+                    "raw": [{"start_s": s / sr_in, "params_normalized": q} for s, q in zip(starts, per_seg.tolist())],
+                    "reference": [{"start_s": s / rinfo.sample_rate} for s in ref_starts] if rinfo else [],
+                },
+                "output_peak_dbfs": 20 * math.log10(peak) if peak > 0 else -math.inf,
+                "provenance": provenance.collect(command=command),
+            }
+            if report["output_peak_dbfs"] == -math.inf:
+                report["output_peak_dbfs"] = -200.0
+            import json
+
+            tmp_json.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=fileio._jsonable) + "\n",
+                                encoding="utf-8")
+            tmp_md.write_text(mixsheet(report), encoding="utf-8")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("raw", metavar="RAW", help="raw vocal (WAV/FLAC, any rate and length, mono or stereo)")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT",
+                        help="output WAV (stereo, input rate); also writes OUT.params.json and OUT.mixsheet.md")
+    parser.add_argument("--ckpt", required=True, help="checkpoint from `mst-single fit` (runs/NAME/checkpoints/*.ckpt)")
+    parser.add_argument("--reference", metavar="REF", default=None,
+                        help="reference mixed vocal (required for approach1 checkpoints, refused for approach2)")
+    parser.add_argument("--segment-seconds", type=float, default=None,
+                        help="analysis segment length in s (default: the training segment length)")
+    parser.add_argument("--max-segments", type=int, default=DEFAULT_MAX_SEGMENTS,
+                        help=f"segments analysed; settings combined by their median (default {DEFAULT_MAX_SEGMENTS})")
+    parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK, help="samples per streaming block")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _command(args) -> list[str]:
+    cmd = ["mst-single", "mix", str(args.raw), "-o", str(args.out), "--ckpt", str(args.ckpt)]
+    if args.reference is not None:
+        cmd += ["--reference", str(args.reference)]
+    if args.segment_seconds is not None:
+        cmd += ["--segment-seconds", str(args.segment_seconds)]
+    return cmd + ["--max-segments", str(args.max_segments), "--block-size", str(args.block_size)]
+
+
+def run(args) -> int:
+    report = mix_file(args.raw, args.out, args.ckpt, reference=args.reference, segment_seconds=args.segment_seconds,
+                      max_segments=args.max_segments, block_size=args.block_size, progress=not args.quiet,
+                      command=_command(args))
+    print(mixsheet(report))
+    print(f"wrote {report['output']} (+ .params.json, .mixsheet.md)")
+    return 0

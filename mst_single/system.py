@@ -1,0 +1,296 @@
+"""The training system: controller network + differentiable vocal console + MR-STFT/L1 loss.
+
+`VocalMST` is the LightningModule behind `mst-single fit|validate|test` (its `__init__` arguments are
+the YAML `model:` section). One step:
+
+    raw (batch, 1, samples) --loudness-normalise to target_lufs--> x
+    p = controller(x, reference)            (batch, num_params) in [0, 1]
+    output = console(x, p)                  (batch, 2, samples)
+    loss = MRSTFTL1Loss(output, mixed)      {"loss", "mrstft", "l1"}
+
+Why normalise the raw input: raw vocals arrive at arbitrary recording levels. Bringing every input
+to `target_lufs` (integrated loudness, BS.1770) before the network *and* the console gives the
+gain, threshold and makeup parameters a fixed meaning ("-18 dB threshold" is relative to a -23 LUFS
+vocal, whatever the recording level was), and makes the network's job level-independent. The
+mixed target is not normalised: its level is part of the style to learn (output gain).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+
+from mst_single.console import VocalConsole
+from mst_single.errors import MstError
+from mst_single.losses import MRSTFTL1Loss
+from mst_single.loudness import normalize_loudness
+from mst_single.models import build_controller, count_parameters
+
+APPROACHES = ("approach1", "approach2")
+
+
+class VocalMST(pl.LightningModule):
+    """Controller + console + loss, for Approach 1 (reference-based) or Approach 2 (house style).
+
+    Args:
+        approach: "approach1" (raw + reference mix -> parameters) or "approach2" (raw -> parameters;
+            any reference in the batch is ignored).
+        sample_rate: rate of the audio the model sees (Hz); linked to `data.sample_rate` by the CLI.
+        stages: console stages to switch on/off, e.g. {"reverb": false}; None = all on.
+        encoder: keyword arguments of the audio encoder (see `mst_single.models.AudioEncoder`).
+        hidden: width of the controller's hidden layers.
+        dropout: dropout of the controller's MLP head.
+        loss: keyword arguments of `MRSTFTL1Loss` (fft_sizes, hop_sizes, win_lengths, l1_weight, ...).
+        target_lufs: integrated loudness (LUFS) the raw input is normalised to before the network and
+            the console, so that gain parameters have a fixed meaning (see the module docstring).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        lr_schedule: "cosine" (decay to `lr * min_lr_ratio` over the run, after `warmup_steps` linear
+            warm-up) or "none" (constant after warm-up).
+        warmup_steps: optimizer steps of linear warm-up.
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of `lr`.
+        log_audio_every_n_epochs: write audio/spectrogram/parameter examples of a few validation
+            segments every N epochs (0 = never); see `mst_single.callbacks.ExamplesCallback`.
+        num_log_examples: how many validation segments to write each time.
+    """
+
+    def __init__(
+        self,
+        approach: Literal["approach1", "approach2"] = "approach2",
+        sample_rate: int = 48000,
+        stages: dict[str, bool] | None = None,
+        encoder: dict | None = None,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        loss: dict | None = None,
+        target_lufs: float = -23.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        lr_schedule: Literal["cosine", "none"] = "cosine",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.05,
+        log_audio_every_n_epochs: int = 5,
+        num_log_examples: int = 3,
+    ):
+        super().__init__()
+        if approach not in APPROACHES:
+            raise MstError(f"unknown approach {approach!r}", fix=f"use one of {', '.join(APPROACHES)}")
+        self.save_hyperparameters()
+        self.approach = approach
+        self.sample_rate = int(sample_rate)
+        self.target_lufs = float(target_lufs)
+        self.console = VocalConsole(self.sample_rate, stages)
+        self.controller = build_controller(approach, self.console.num_params, self.sample_rate,
+                                           encoder=dict(encoder or {}), hidden=hidden, dropout=dropout)
+        self.loss_fn = MRSTFTL1Loss(**(loss or {}))
+        self.num_parameters = count_parameters(self.controller)
+        self._songs: list[str] = []  # songs of the batch in flight (named by the NaN guard)
+        self._params: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+        self._examples: list[dict] | None = None  # filled during validation when the callback asks
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.approach == "approach1"
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.console.param_names)
+
+    # -- inference ---------------------------------------------------------------------------
+    def normalize_input(self, raw: torch.Tensor) -> torch.Tensor:
+        """raw `(batch, 1, samples)` -> the same at `target_lufs` (silence is left as it is)."""
+        x, _ = normalize_loudness(raw, self.sample_rate, self.target_lufs)
+        return x
+
+    def _reference(self, reference: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.needs_reference:
+            return None
+        if reference is None:
+            raise MstError("an approach1 model needs a reference mix to predict parameters",
+                           fix="pass a reference (a mixed vocal in the wanted style)")
+        return reference
+
+    def _predict(self, x: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        return self.controller(x, self._reference(reference))
+
+    def predict_params(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """raw `(batch, 1, samples)` (any level; normalised here), reference `(batch, 2, samples)` or
+        None (approach2 ignores it) -> parameters `(batch, num_params)` in [0, 1]."""
+        return self._predict(self.normalize_input(raw), reference)
+
+    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None):
+        """raw `(batch, 1, samples)` -> (output `(batch, 2, samples)`, params `(batch, num_params)`)."""
+        x = self.normalize_input(raw)
+        p = self._predict(x, reference)
+        return self.console(x, p), p
+
+    def mix_segment(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
+                    params: torch.Tensor | None = None) -> torch.Tensor:
+        """Mix a short segment `(batch, 1, samples)` -> `(batch, 2, samples)`; with `params`
+        `(batch, num_params)` in [0, 1] the network is skipped (e.g. a preset or fitted setting)."""
+        x = self.normalize_input(raw)
+        p = self._predict(x, reference) if params is None else params.to(x)
+        return self.console(x, p)
+
+    def params_in_units(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`(batch, num_params)` in [0, 1] -> {name: `(batch,)` in units}."""
+        return self.console.denormalize(p)
+
+    # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"VocalMST {self.approach}: {self.num_parameters:,} trainable parameters "
+                       f"(encoder + controller), {self.console.num_params} console parameters, "
+                       f"{self.sample_rate} Hz, input normalised to {self.target_lufs:g} LUFS")
+
+    def _step(self, batch: dict, stage: str) -> dict:
+        self._songs = list(batch.get("song", []))
+        raw, target = batch["raw"], batch["mixed"]
+        reference = batch.get("reference") if self.needs_reference else None
+        for name, t in (("raw", raw), ("mixed", target), ("reference", reference)):
+            if t is not None and not torch.isfinite(t).all():
+                self._non_finite(f"{stage} batch: the {name} audio holds NaN/Inf samples")
+        x = self.normalize_input(raw)
+        p = self._predict(x, reference)
+        if not torch.isfinite(p).all():
+            self._non_finite(f"{stage}: the network predicted NaN/Inf parameters")
+        output = self.console(x, p)
+        losses = self.loss_fn(output, target)
+        if not torch.isfinite(losses["loss"]):
+            self._non_finite(f"{stage} loss is {losses['loss'].item()}")
+        bs = raw.shape[0]
+        on_step = stage == "train"
+        for k, v in losses.items():
+            self.log(f"{stage}/{k}", v, on_step=on_step, on_epoch=not on_step, batch_size=bs,
+                     prog_bar=(k == "loss"), sync_dist=not on_step)
+        pd = p.detach()
+        self._params[stage].append(pd.float().cpu())
+        units = self.console.denormalize(pd)
+        self.log_dict({f"{stage}/params/{k}": v.mean() for k, v in units.items()}, on_step=False, on_epoch=True,
+                      batch_size=bs, sync_dist=True)
+        return dict(losses, x=x, output=output, params=pd)
+
+    def _non_finite(self, what: str) -> None:
+        songs = ", ".join(sorted(set(self._songs))) or "(unknown)"
+        raise MstError(f"{what} at step {self.global_step} on a batch of the songs: {songs}; stopped before "
+                       "a poisoned checkpoint could be saved",
+                       fix="check those files (`mst-single check-data DATA`), or lower model.lr; the last "
+                           "good checkpoint is kept and `fit --ckpt_path last` resumes from it")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self._step(batch, "train")
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr,
+                 on_step=True, on_epoch=False, batch_size=batch["raw"].shape[0])
+        return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # a finite loss can still give NaN/Inf gradients; one bad step would poison every weight
+        grads = [q.grad for q in self.parameters() if q.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()):
+            self._non_finite("a gradient is NaN/Inf")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._step(batch, "val")
+        if self._examples is not None and len(self._examples) < self.hparams.num_log_examples:
+            units = self.console.denormalize(out["params"])
+            for i in range(batch["raw"].shape[0]):
+                if len(self._examples) >= self.hparams.num_log_examples:
+                    break
+                self._examples.append(dict(
+                    song=batch["song"][i], start=int(batch["start"][i]),
+                    raw=out["x"][i].detach().cpu().float().numpy(),
+                    output=out["output"][i].detach().cpu().float().numpy(),
+                    target=batch["mixed"][i].detach().cpu().float().numpy(),
+                    params={k: float(v[i]) for k, v in units.items()}))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    # parameter histograms (W&B only; the per-parameter means go to every logger above)
+    def on_train_epoch_start(self) -> None:
+        self._params["train"] = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._params["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self._params["test"] = []
+
+    def on_train_epoch_end(self) -> None:
+        self._log_histograms("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_histograms("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_histograms("test")
+
+    def _log_histograms(self, stage: str) -> None:
+        chunks, self._params[stage] = self._params[stage], []
+        wandb_logger = find_wandb_logger(self.trainer)
+        if not chunks or wandb_logger is None:
+            return
+        units = self.console.denormalize(torch.cat(chunks))
+        log = {f"{stage}/params_hist/{k}": histogram(v.double().numpy()) for k, v in units.items()}
+        safe_wandb_log(wandb_logger, {**log, "trainer/global_step": self.global_step})
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        warm = max(int(h.warmup_steps), 0)
+        cosine = h.lr_schedule == "cosine" and math.isfinite(total) and total > warm
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            if not cosine:
+                return 1.0
+            t = min((step - warm) / max(total - warm, 1), 1.0)
+            return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def histogram(values, bins: int = 32):
+    """A wandb.Histogram that never fails: float64 edges, and a minimum width for (near-)constant
+    values (a saturated parameter gives identical values, on which numpy's 64 float32 bins fail)."""
+    import numpy as np
+    import wandb
+
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        v = np.zeros(1)
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(hi - lo, 1e-6 * max(1.0, abs(lo), abs(hi))) * 0.5 if hi - lo < 1e-9 * max(1.0, abs(hi)) else 0.0
+    counts, edges = np.histogram(v, bins=bins, range=(lo - pad, hi + pad))
+    return wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))
+
+
+def safe_wandb_log(wandb_logger, data: dict) -> None:
+    """Log to W&B; a failure there is reported once as a warning and never stops training."""
+    try:
+        wandb_logger.experiment.log(data)
+    except Exception as e:  # noqa: BLE001 - W&B is a view on the run, not part of it
+        from pytorch_lightning.utilities import rank_zero_warn
+
+        rank_zero_warn(f"W&B logging failed ({type(e).__name__}: {e}); the CSV log and run folder are unaffected")
+
+
+def find_wandb_logger(trainer):
+    """The trainer's WandbLogger, or None (W&B is optional; CSV is always there)."""
+    if trainer is None:
+        return None
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:
+        return None
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            return lg
+    return None

@@ -1,0 +1,211 @@
+"""`mst-single mix`: round trips with real (tiny) checkpoints, any rate/length/channels, errors, atomicity."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mst_single import cli
+from mst_single.errors import MstError
+from mst_single.mix import choose_segments, load_model, mix_file
+
+REPO = Path(__file__).resolve().parent.parent
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """approach -> last.ckpt of a one-epoch fit of the real config on tiny demo data."""
+    from mst_single.demo import make_demo_data
+    from mst_single.train import cli_main
+
+    tmp = tmp_path_factory.mktemp("mix")
+    root = make_demo_data(tmp / "demo", songs=4, seconds=3, sample_rate=SR)
+    out = {}
+    for approach in ("approach1", "approach2"):
+        rc = cli_main(["fit", "-c", str(REPO / "configs" / f"{approach}.yaml"), "--data.root", str(root),
+                       "--data.sample_rate", str(SR), "--data.segment_seconds", "1", "--data.batch_size", "2",
+                       "--data.train_segments_per_epoch", "2", "--data.val_fraction", "0.25",
+                       "--data.test_fraction", "0.25",
+                       "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}',
+                       "--model.hidden", "16", "--model.log_audio_every_n_epochs", "0",
+                       "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--wandb", "false",
+                       "--runs_dir", str(tmp / "runs"), "--run_name", approach])
+        assert rc == 0
+        out[approach] = tmp / "runs" / approach / "checkpoints" / "last.ckpt"
+    return out
+
+
+def vocal(seconds: float, sr: int, channels: int = 1, seed: int = 0, level: float = 0.1) -> np.ndarray:
+    """A sung-like test signal (samples, channels): harmonics with vibrato and syllable gaps."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    f0 = 220 * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t) ** 2)
+    x = level * (x + 0.01 * rng.standard_normal(n))
+    out = np.stack([x * (1 - 0.2 * c) for c in range(channels)], 1)
+    return out.astype(np.float32)
+
+
+def write(path: Path, x: np.ndarray, sr: int) -> Path:
+    sf.write(path, x, sr, subtype="FLOAT")
+    return path
+
+
+def outputs(out: Path) -> list[Path]:
+    return [out, out.with_name(out.name + ".params.json"), out.with_name(out.name + ".mixsheet.md")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channels", [1, 2])
+def test_mix_round_trip_odd_length_44k(ckpts, tmp_path, capsys, channels):
+    n = 44100 * 2 + 7
+    raw = write(tmp_path / "raw.wav", vocal(n / 44100, 44100, channels), 44100)
+    out = tmp_path / "mixes" / "song.wav"
+    rc = cli.main(["mix", str(raw), "-o", str(out), "--ckpt", str(ckpts["approach2"]), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    y, sr = sf.read(out, always_2d=True)
+    assert sr == 44100 and y.shape == (n, 2) and np.isfinite(y).all() and np.abs(y).max() > 1e-3
+    report = json.loads((tmp_path / "mixes" / "song.wav.params.json").read_text())
+    model, _ = load_model(ckpts["approach2"])
+    assert report["approach"] == "approach2" and report["samples"] == n and report["sample_rate"] == 44100
+    assert list(report["params"]) == model.console.param_names
+    for s in model.console.specs:
+        assert s.low - 1e-3 <= report["params"][s.name] <= s.high + 1e-3
+    assert report["units"]["comp_attack_ms"] == "ms" and report["input_channels"] == channels
+    assert "median" in report["combine"] and len(report["segments"]["raw"]) == 2  # 2 s of 1 s segments
+    assert report["provenance"]["commit"] and report["checkpoint"] == str(ckpts["approach2"])
+    assert report["normalization_gain_db"] == pytest.approx(-23.0 - report["input_lufs"], abs=1e-6)
+    sheet = (tmp_path / "mixes" / "song.wav.mixsheet.md").read_text()
+    for line in ("Input gain: ", "EQ: low shelf ", "Comp: ", ":1, ", "Reverb: ", "predelay", "Output gain: ",
+                 "median of 2 segment(s)", "44.1 kHz"):
+        assert line in sheet
+    assert not list((tmp_path / "mixes").glob("*.part"))
+
+
+@pytest.mark.slow
+def test_mix_approach1_with_reference(ckpts, tmp_path):
+    raw = write(tmp_path / "raw.wav", vocal(2.5, 44100, 1), 44100)
+    ref = write(tmp_path / "ref.wav", vocal(3.3, 48000, 2, seed=1, level=0.3), 48000)
+    report = mix_file(raw, tmp_path / "o.wav", ckpts["approach1"], reference=ref)
+    assert report["approach"] == "approach1" and report["reference"] == str(ref)
+    assert len(report["segments"]["reference"]) >= 1
+    y, sr = sf.read(tmp_path / "o.wav", always_2d=True)
+    assert sr == 44100 and y.shape == (int(round(2.5 * 44100)), 2) and np.isfinite(y).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("approach,with_ref,needle", [
+    ("approach1", False, "pass --reference"),
+    ("approach2", True, "drop --reference"),
+])
+def test_mix_reference_rules(ckpts, tmp_path, capsys, approach, with_ref, needle):
+    raw = write(tmp_path / "raw.wav", vocal(1.5, SR), SR)
+    ref = write(tmp_path / "ref.wav", vocal(1.5, SR, 2), SR)
+    out = tmp_path / "o.wav"
+    argv = ["mix", str(raw), "-o", str(out), "--ckpt", str(ckpts[approach]), "--quiet"]
+    rc = cli.main(argv + (["--reference", str(ref)] if with_ref else []))
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and approach in err and str(ckpts[approach]) in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.wav", "ref.wav"]  # nothing written
+
+
+@pytest.mark.slow
+def test_chunked_equals_whole_file_and_console(ckpts, tmp_path):
+    """Streaming in small blocks = one block = VocalConsole.forward on the whole normalised file."""
+    from mst_single.console import VocalConsole
+    from mst_single.loudness import integrated_loudness
+
+    x = vocal(3.0, 22050, 1)[:, 0]
+    x[22050:30000] = 0.0  # a silent gap inside a block
+    raw = write(tmp_path / "raw.wav", x[:, None], 22050)
+    small = mix_file(raw, tmp_path / "small.wav", ckpts["approach2"], block_size=1024)
+    whole = mix_file(raw, tmp_path / "whole.wav", ckpts["approach2"], block_size=len(x) + 1)
+    assert small["params"] == whole["params"]
+    a, _ = sf.read(tmp_path / "small.wav", always_2d=True)
+    b, _ = sf.read(tmp_path / "whole.wav", always_2d=True)
+    assert np.abs(a - b).max() < 1e-4
+    console = VocalConsole(22050, whole["stages"])
+    p = console.normalize(whole["params"])
+    gain = 10 ** ((-23.0 - integrated_loudness(x, 22050)) / 20)
+    with torch.no_grad():
+        ref = console(torch.from_numpy(x * gain).float()[None, None], p)[0].numpy().T
+    assert np.abs(b - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_and_inputs(ckpts, tmp_path, capsys):
+    raw = write(tmp_path / "raw.wav", vocal(1.5, SR), SR)
+    out = tmp_path / "out" / "o.wav"
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(ckpts["approach2"].read_bytes()[:5000])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, foreign)
+    silent = write(tmp_path / "silent.wav", np.zeros((SR * 2, 1), np.float32), SR)
+    cases = [
+        (["--ckpt", str(tmp_path / "missing.ckpt")], "checkpoint not found"),
+        (["--ckpt", str(corrupt)], "corrupt"),
+        (["--ckpt", str(foreign)], "not a vocal-mst checkpoint"),
+        (["--ckpt", str(ckpts["approach2"]), "--segment-seconds", "0"], "must be positive"),
+    ]
+    for extra, needle in cases:
+        rc = cli.main(["mix", str(raw), "-o", str(out), "--quiet", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err, err
+    rc = cli.main(["mix", str(silent), "-o", str(out), "--quiet", "--ckpt", str(ckpts["approach2"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "silent" in err and "silent.wav" in err
+    # the output may not replace the input
+    rc = cli.main(["mix", str(raw), "-o", str(raw), "--quiet", "--ckpt", str(ckpts["approach2"])])
+    assert rc == 2 and "overwrite an input" in capsys.readouterr().err
+    assert not any(p.exists() for p in outputs(out)) and not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.slow
+def test_no_partial_output_when_mixing_fails(ckpts, tmp_path, monkeypatch):
+    import mst_single.console as console_mod
+
+    raw = write(tmp_path / "raw.wav", vocal(2.0, SR), SR)
+    out = tmp_path / "o.wav"
+    for p in outputs(out)[1:]:  # an earlier mix's side files stay untouched too
+        p.write_text("old")
+    calls = {"n": 0}
+    real = console_mod.ConsoleStreamer.process
+
+    def failing(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk full (simulated)")
+        return real(self, chunk)
+
+    monkeypatch.setattr(console_mod.ConsoleStreamer, "process", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        mix_file(raw, out, ckpts["approach2"], block_size=4096)
+    assert calls["n"] == 3 and not out.exists()
+    assert [p.read_text() for p in outputs(out)[1:]] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["raw.wav", "o.wav.params.json", "o.wav.mixsheet.md"])
+
+
+def test_choose_segments_even_non_overlapping_and_skips_silence(tmp_path):
+    hop = 100
+    env = np.full(1000, -20.0)
+    env[:200] = -120.0  # silent intro
+    env[600:700] = -90.0  # silent gap
+    starts = choose_segments(env, hop, 1000 * hop, 50 * hop, 4, tmp_path / "x.wav")
+    assert len(starts) == 4 and starts == sorted(starts)
+    assert all(b - a >= 50 * hop for a, b in zip(starts, starts[1:]))
+    for s in starts:
+        window = env[s // hop: s // hop + 50]
+        assert 10 * math.log10(np.mean(10 ** (window / 10))) > -70
+    assert starts[0] >= 200 * hop - 50 * hop and starts[-1] >= 800 * hop
+    assert choose_segments(env, hop, 30 * hop, 50 * hop, 4, "x") == [0]  # shorter than a segment
+    with pytest.raises(MstError, match="silent"):
+        choose_segments(np.full(100, -150.0), hop, 100 * hop, 10 * hop, 4, "x")

@@ -1,0 +1,258 @@
+"""Training through the real CLI and configs: `fit`/`validate`/`test` on tiny demo data.
+
+Each approach is trained once (module fixture) from `configs/approachN.yaml` with command-line
+overrides for tiny sizes (16 kHz, 1 s segments, batch 2, a small encoder); the tests then check
+what the run folder holds, that the validation loss dropped, and the other subcommands.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mst_single.errors import MstError
+from mst_single.train import cli_main, expand_argv
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+SR = 16000
+
+
+def tiny_args(root, runs, epochs=3) -> list[str]:
+    """Overrides that make the real configs run in seconds on 2 CPU cores."""
+    return [
+        "--data.root", str(root), "--data.sample_rate", str(SR), "--data.segment_seconds", "1",
+        "--data.batch_size", "2", "--data.train_segments_per_epoch", "4",
+        "--data.val_fraction", "0.2", "--data.test_fraction", "0.2",
+        "--model.encoder", '{"n_mels": 32, "channels": [8, 16, 32], "embed_dim": 32}', "--model.hidden", "32",
+        "--model.loss", '{"fft_sizes": [1024, 256], "hop_sizes": [256, 64], "win_lengths": [1024, 256]}',
+        "--model.lr", "0.01", "--model.dropout", "0.0",
+        "--model.log_audio_every_n_epochs", "2", "--model.num_log_examples", "2",
+        "--trainer.max_epochs", str(epochs), "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", "--runs_dir", str(runs),
+    ]
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    from mst_single.demo import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo"), songs=6, seconds=3, sample_rate=SR)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def fit_once(demo_root, runs):
+    """approach -> its run folder, trained once per module through `cli_main`."""
+    done = {}
+
+    def get(approach: str) -> Path:
+        if approach not in done:
+            # W&B (offline) on for approach1, off for approach2: both logger set-ups are exercised
+            wandb = "true" if approach == "approach1" else "false"
+            rc = cli_main(["fit", "-c", str(CONFIGS / f"{approach}.yaml"), *tiny_args(demo_root, runs),
+                           "--run_name", f"fit-{approach}", "--wandb", wandb])
+            assert rc == 0
+            done[approach] = runs / f"fit-{approach}"
+        return done[approach]
+
+    return get
+
+
+@pytest.fixture(params=["approach1", "approach2"])
+def fitted(request, fit_once):
+    return request.param, fit_once(request.param)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows, key) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+@pytest.mark.slow
+def test_fit_run_folder(fitted):
+    approach, run = fitted
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["approach"] == approach
+    assert cfg["seed_everything"] == 0 and cfg["data"]["sample_rate"] == SR  # model.sample_rate is linked to it
+    assert cfg["data"]["reference_policy"] == ("song" if approach == "approach1" else "same")
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["seed"] == 0 and prov["commit"] and prov["patch_series_sha256"] and prov["packages"]["torch"]
+    assert "fit" in prov["command"]
+    rows = read_metrics(run / "metrics.csv")
+    assert {"train/loss", "train/mrstft", "train/l1", "train/lr", "val/loss", "val/mrstft", "val/l1",
+            "val/params/comp_ratio", "epoch", "step"} <= set(rows[0])
+    assert len(column(rows, "train/loss")) == 3 * 2  # 3 epochs x 2 steps, log_every_n_steps=1
+    ckpts = run / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and not (ckpts / "last.ckpt").is_symlink()
+    # last.ckpt is the final state even when the last epoch did not improve val/loss
+    assert torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 6
+    best = list(ckpts.glob("best-*.ckpt"))
+    assert len(best) == 1 and best[0].is_file()
+    assert not list(run.rglob("*.part"))  # no temp file left behind
+    for epoch in (0, 2):  # log_audio_every_n_epochs=2 over epochs 0..2
+        ex = run / "examples" / f"epoch_{epoch:03d}"
+        assert len(list(ex.glob("*_raw.wav"))) == 2 and len(list(ex.glob("*_spectrogram.png"))) == 2
+        assert len(list(ex.glob("*_output.wav"))) == 2 and len(list(ex.glob("*_target.wav"))) == 2
+        table = (ex / "params.md").read_text()
+        assert "| comp_ratio |" in table and ":1" in table and " dB" in table
+    assert not (run / "examples" / "epoch_001").exists()
+    if approach == "approach1":
+        assert list((run / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
+    else:
+        assert not (run / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_fit_validation_loss_drops(fitted):
+    _, run = fitted
+    val = column(read_metrics(run / "metrics.csv"), "val/loss")
+    assert len(val) == 3 and all(math.isfinite(v) for v in val)
+    assert val[-1] < val[0] * 0.97, f"validation loss did not drop: {val}"
+
+
+@pytest.mark.slow
+def test_validate_and_test_on_checkpoint(fit_once, demo_root):
+    run = fit_once("approach2")
+    last = run / "checkpoints" / "last.ckpt"
+    for sub, key in (("validate", "val/loss"), ("test", "test/loss")):
+        # the config says 48 kHz and another encoder: the checkpoint's settings must win
+        rc = cli_main([sub, "-c", str(CONFIGS / "approach2.yaml"), "--data.root", str(demo_root),
+                       "--data.segment_seconds", "1", "--data.val_fraction", "0.2", "--data.test_fraction", "0.2",
+                       "--data.batch_size", "2", "--trainer.enable_progress_bar", "false", "--wandb", "false", "--ckpt_path", str(last)])
+        assert rc == 0
+        rows = read_metrics(run / sub / "metrics.csv")
+        assert math.isfinite(column(rows, key)[0])
+        assert yaml.safe_load((run / sub / "config.yaml").read_text())["data"]["sample_rate"] == SR
+    # validating last.ckpt reproduces the last validation of the fit
+    fit_val = column(read_metrics(run / "metrics.csv"), "val/loss")[-1]
+    assert column(read_metrics(run / "validate" / "metrics.csv"), "val/loss")[0] == pytest.approx(fit_val, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_last_checkpoint_and_resume(demo_root, tmp_path):
+    # lr 0: val/loss never improves after epoch 0, so the best checkpoint stays at step 2 while
+    # last.ckpt must still move on to the final step (Lightning 2.6 alone would leave it at step 2)
+    args = ["-c", str(CONFIGS / "approach2.yaml"), *tiny_args(demo_root, tmp_path, epochs=2), "--run_name", "r",
+            "--wandb", "false", "--model.log_audio_every_n_epochs", "0", "--model.lr", "0"]
+    assert cli_main(["fit", *args]) == 0
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in ckpts.glob("best-*.ckpt")] == [next(ckpts.glob("best-*.ckpt")).name]
+    assert "step000002" in next(ckpts.glob("best-*.ckpt")).name
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 4
+    # a second fit into the same run without --ckpt_path would mix two runs: refused
+    assert cli_main(["fit", *args]) == 2
+    assert cli_main(["fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", "last"]) == 0
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == [0, 1, 2, 3, 4, 5]  # epochs 0-1 kept from the first run, epoch 2 added, nothing twice
+    assert len(column(rows, "val/loss")) == 3
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_config_inheritance_expands_base(tmp_path):
+    argv = expand_argv(["fit", "-c", str(CONFIGS / "approach1.yaml"), "--model.lr", "0.1"])
+    assert argv[:3] == ["fit", "-c", str((CONFIGS / "base.yaml").resolve())]
+    assert argv[3] == "-c" and yaml.safe_load(argv[4]) == {
+        "model": {"approach": "approach1"}, "data": {"reference_policy": "song", "eval_reference_policy": "song"}}
+    assert argv[5:] == ["--model.lr", "0.1"]
+    # the approach files state only what differs and start with the command that runs them
+    for name in ("approach1", "approach2"):
+        text = (CONFIGS / f"{name}.yaml").read_text()
+        assert text.startswith(f"# mst-single fit -c configs/{name}.yaml")
+        assert yaml.safe_load(text)["__base__"] == "base.yaml"
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    assert {"seed_everything", "model", "data", "trainer", "run_name", "wandb"} <= set(base)
+    assert base["data"]["root"] == "data/demo" and base["seed_everything"] == 0
+    # chained bases, each included once, relative to the including file
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("trainer: {max_epochs: 1}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("__base__: ../a.yaml\nmodel: {lr: 0.5}\n")
+    (tmp_path / "c.yaml").write_text("__base__: sub/b.yaml\nmodel: {hidden: 8}\n")
+    out = expand_argv(["-c", str(tmp_path / "c.yaml"), "--config", str(tmp_path / "sub" / "b.yaml")])
+    assert out[1] == str((tmp_path / "a.yaml").resolve())
+    # an explicit -c is applied where it stands; its already-included base a.yaml is not repeated
+    assert [yaml.safe_load(x) for x in out[3::2]] == [{"model": {"lr": 0.5}}, {"model": {"hidden": 8}},
+                                                      {"model": {"lr": 0.5}}]
+    assert out[::2] == ["-c"] * 4
+    with pytest.raises(MstError, match="not found"):
+        expand_argv(["-c", str(tmp_path / "missing.yaml")])
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    assert cli_main(["fit", "-c", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    # --ckpt_path last with no earlier run: a clear error, not a silent fresh start
+    assert cli_main(["fit", "-c", str(CONFIGS / "approach2.yaml"), "--runs_dir", str(tmp_path),
+                     "--ckpt_path", "last", "--wandb", "false"]) == 2
+    assert "no approach2 run with checkpoints/last.ckpt" in capsys.readouterr().err
+    assert cli_main(["fit", "-c", str(CONFIGS / "approach2.yaml"), "--model.approach", "approach3"]) == 2
+
+
+def test_non_finite_loss_names_the_songs():
+    from mst_single.system import VocalMST
+
+    model = VocalMST("approach2", sample_rate=SR, encoder={"n_mels": 16, "channels": [4], "embed_dim": 8}, hidden=8)
+
+    def batch():
+        return {"raw": torch.randn(2, 1, SR) * 0.1, "mixed": torch.randn(2, 2, SR) * 0.1,
+                "reference": torch.zeros(2, 2, SR), "song": ["good_song", "bad_song"], "start": torch.tensor([0, 0])}
+
+    b = batch()
+    b["mixed"][1, 0, 100] = float("inf")  # a NaN/Inf that reaches the loss
+    with pytest.raises(MstError, match="bad_song") as e:
+        model.training_step(b, 0)
+    assert "mixed audio holds NaN/Inf" in str(e.value) and "--ckpt_path last" in str(e.value)
+    b = batch()
+    b["raw"][0, 0, 5] = float("nan")
+    with pytest.raises(MstError, match="good_song"):
+        model.validation_step(b, 0)
+    # and the loss itself is checked: a target that overflows the float32 STFT gives Inf
+    b = batch()
+    b["mixed"] = b["mixed"] * 1e38
+    with pytest.raises(MstError, match="train loss is (nan|inf)"):
+        model.training_step(b, 0)
+
+
+def test_predict_params_and_forward_shapes():
+    from mst_single.system import VocalMST
+
+    torch.manual_seed(0)
+    enc = {"n_mels": 16, "channels": [4], "embed_dim": 8}
+    m1 = VocalMST("approach1", sample_rate=SR, encoder=enc, hidden=8).eval()
+    m2 = VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8).eval()
+    raw, ref = torch.randn(3, 1, SR) * 0.05, torch.randn(3, 2, SR) * 0.05
+    p = m1.predict_params(raw, ref)
+    assert p.shape == (3, m1.console.num_params) and bool(((p >= 0) & (p <= 1)).all())
+    out, p2 = m2(raw)
+    assert out.shape == (3, 2, SR) and torch.isfinite(out).all() and p2.shape == p.shape
+    with pytest.raises(MstError, match="reference"):
+        m1.predict_params(raw)
+    # the raw input's level does not change the prediction (loudness-normalised inside)
+    with torch.no_grad():
+        assert torch.allclose(m2.predict_params(raw), m2.predict_params(raw * 0.1), atol=1e-4)
+
+
+def test_wandb_histogram_survives_saturated_parameters():
+    """A parameter pinned at its range limit gives (near-)identical values, on which wandb's own
+    binning raises; training must never die on a plot."""
+    from mst_single.system import histogram
+
+    for values in (np.full(30, 7200.0), np.r_[np.full(29, 7199.9995), 7200.0], np.array([np.nan, 1.0]), np.zeros(0)):
+        h = histogram(values)
+        assert sum(h.histogram) == max(int(np.isfinite(values).sum()), 1) and len(h.bins) == len(h.histogram) + 1
+        assert all(b > a for a, b in zip(h.bins, h.bins[1:]))
