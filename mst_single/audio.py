@@ -33,7 +33,7 @@ _FIX_BAD_FILE = "re-export the file from your audio editor as WAV or FLAC, or re
 _RESAMPLE_PAD = 2048
 SILENT_PEAK_DB = -60.0  # a raw/mixed file whose peak is below this is treated as silent (unusable)
 HOP_SECONDS = 0.1  # resolution (s) of the raw power envelope used to skip silent segments
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _MEMO: dict[str, "SongInfo"] = {}  # in-process alignment cache, keyed like the JSON cache
 
 
@@ -58,6 +58,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     except OSError as e:
         raise DataError(f"cannot open the file ({e.strerror})", path,
                         "check that the file exists and is readable") from e
+    if path.is_dir():
+        raise DataError("this is a folder, not an audio file", path, "pass a .wav or .flac file")
     if size == 0:
         raise DataError("the file is empty (0 bytes, zero-length audio)", path, _FIX_BAD_FILE)
     try:
@@ -339,6 +341,7 @@ class SongInfo:
     hop: int
     env_db: list = field(repr=False)
     stats: dict | None = None
+    raw_peak_db: float | None = None  # sample peak of the native raw file (dBFS)
 
     @property
     def seconds(self) -> float:
@@ -384,6 +387,8 @@ def prepare_song(pair: SongPair, sample_rate: int = 48000, max_lag_seconds: floa
         if pk < SILENT_PEAK_DB:
             raise DataError(f"the {what} vocal is silent (peak {pk:.1f} dBFS)", info.path,
                             "check the export (muted track?) or remove the song from raw/ and mixed/")
+        if what == "raw":
+            raw_peak = pk
         if stats:
             found[f"{what}_peak_db"], found[f"{what}_lufs"] = pk, _loudness(x, info.sample_rate)
     raw = resample(raw.mean(axis=0, keepdims=True), ri.sample_rate, sample_rate)[0]
@@ -402,7 +407,7 @@ def prepare_song(pair: SongPair, sample_rate: int = 48000, max_lag_seconds: floa
     env_db = np.round(10 * np.log10(np.maximum(power, 1e-12)), 2).tolist()
     return SongInfo(pair.name, str(pair.raw_path), str(pair.mixed_path), int(sample_rate), ri.sample_rate,
                     mi.sample_rate, ri.channels, mi.channels, ri.frames, mi.frames, int(lag), round(score, 3),
-                    raw_offset, mixed_offset, int(length), hop, env_db, found or None)
+                    raw_offset, mixed_offset, int(length), hop, env_db, found or None, round(raw_peak, 3))
 
 
 def _cache_key(pair: SongPair, sample_rate: int, max_lag_seconds: float) -> str:

@@ -145,7 +145,9 @@ class ResumeCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer.ckpt_path else -1
+        # the checkpoint holds `_batches_that_stepped` steps; the first step after it logs at that
+        # step number, so rows at it or later come from past the checkpoint
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1 if trainer.ckpt_path else -1
         for lg in trainer.loggers:
             if isinstance(lg, RunCSVLogger):
                 lg.experiment.truncate_after(step)

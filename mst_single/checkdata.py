@@ -32,13 +32,15 @@ def song_warnings(info, max_lag_seconds: float) -> list[tuple[str, str, str]]:
         if pk >= CLIP_DB:
             out.append(("warning", path, f"peak {pk:+.2f} dBFS: the {what} file is probably clipped"))
     sr, lag_ms = info.sample_rate, 1000 * info.lag / info.sample_rate
-    if abs(info.lag) >= round(max_lag_seconds * sr) - sr // 1000:
+    if abs(info.lag) >= round(max_lag_seconds * sr) - sr // 100:
         out.append(("warning", info.mixed_path,
                     f"lag {lag_ms:+.1f} ms is at the edge of the +-{1000 * max_lag_seconds:.0f} ms search window; "
                     "the real offset may be larger: rerun with a larger --max-lag-seconds"))
     elif info.lag_score < MIN_LAG_SCORE:
         out.append(("warning", info.mixed_path, f"alignment is uncertain (lag {lag_ms:+.1f} ms; correlation peak only "
-                                                f"{info.lag_score:.2f}x the next candidate): check the pair matches"))
+                                                f"{info.lag_score:.2f}x the next candidate): check the pair matches, "
+                                                f"or that the offset is not beyond the search window: rerun with "
+                                                f"--max-lag-seconds {3 * max_lag_seconds:g}"))
     for path, frames, sr_in in ((info.raw_path, info.raw_frames, info.raw_sr),
                                 (info.mixed_path, info.mixed_frames, info.mixed_sr)):
         declared = wav_declared_frames(path)
@@ -67,8 +69,10 @@ def run(args) -> int:
 
     pairs, only_raw, only_mixed = find_pairs(args.data)
     level = "warning" if args.allow_unmatched else "error"
-    problems = [(level, str(p), f"no mixed/{p.stem}.wav or .flac partner") for p in only_raw]
-    problems += [(level, str(p), f"no raw/{p.stem}.wav or .flac partner") for p in only_mixed]
+    fix = " (fix: rename it so raw/NAME and mixed/NAME match, or pass --allow-unmatched to skip it)"
+    problems = [(level, str(p), f"no mixed/{p.stem}.wav or .flac partner" + fix * (level == "error")) for p in only_raw]
+    problems += [(level, str(p), f"no raw/{p.stem}.wav or .flac partner" + fix * (level == "error"))
+                 for p in only_mixed]
 
     head = ("song", "dur s", "raw Hz", "mix Hz", "raw ch", "mix ch", "lag ms", "raw LUFS", "mix LUFS",
             "raw pk dBFS", "mix pk dBFS")

@@ -308,6 +308,17 @@ class VocalDataModule(pl.LightningDataModule):
         h = self.hparams
         if self.splits is None:
             songs = index_songs(h.root, h.sample_rate, h.max_lag_seconds, h.allow_unmatched, h.cache_dir)
+            for s in songs:
+                if s.raw_peak_db is not None and s.raw_peak_db >= -0.01:
+                    warnings.warn(f"{s.raw_path}: peak {s.raw_peak_db:+.2f} dBFS: the raw vocal is probably clipped; "
+                                  "the model learns from it as it is (check-data lists every clipped file)",
+                                  stacklevel=2)
+                window = round(h.max_lag_seconds * s.sample_rate)
+                if abs(s.lag) >= window - s.sample_rate // 100 or s.lag_score < 1.5:
+                    warnings.warn(f"{s.mixed_path}: the lag found ({1000 * s.lag / s.sample_rate:+.1f} ms) is uncertain "
+                                  f"or at the edge of the +-{1000 * h.max_lag_seconds:.0f} ms search window: the pair "
+                                  "may be misaligned; raise data.max_lag_seconds (see `mst-single check-data DATA "
+                                  f"--max-lag-seconds {3 * h.max_lag_seconds:g}`)", stacklevel=2)
             self.splits = split_songs(songs, h.split_seed, h.val_fraction, h.test_fraction, h.split_file)
             if not self.splits["train"]:
                 raise DataError("no song is in the training split", h.root,

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +134,10 @@ def analyse(path, info, block: int = DEFAULT_BLOCK, bar=None) -> dict:
 
     meter = StreamingLoudness(info.sample_rate, 1)
     hop = max(1, int(round(ENVELOPE_SECONDS * info.sample_rate)))
-    energies, carry = [], np.zeros(0, np.float64)
+    energies, carry, peak = [], np.zeros(0, np.float64), 0.0
     for _, x in _blocks(path, info, block):
         mono = x.mean(axis=0, keepdims=True)
+        peak = max(peak, float(np.abs(x).max()))
         meter.update(mono)
         sq = np.concatenate([carry, mono[0].astype(np.float64) ** 2])
         n = len(sq) // hop
@@ -147,7 +149,7 @@ def analyse(path, info, block: int = DEFAULT_BLOCK, bar=None) -> dict:
     if len(carry):
         energies.append(np.array([carry.mean()]))
     env = np.concatenate(energies) if energies else np.zeros(1)
-    return {"lufs": meter.integrated(), "env_db": 10 * np.log10(np.maximum(env, 1e-14)), "hop": hop}
+    return {"lufs": meter.integrated(), "env_db": 10 * np.log10(np.maximum(env, 1e-14)), "hop": hop, "peak": peak}
 
 
 def choose_segments(env_db: np.ndarray, hop: int, frames: int, seg_len: int, k: int, path) -> list[int]:
@@ -340,6 +342,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     with bar:
         # pass 1: loudness + where the singing is
         ana = analyse(raw_path, info, block_size, bar)
+        if ana["peak"] >= 10 ** (-0.01 / 20):
+            print(f"warning: {raw_path}: peak {20 * math.log10(ana['peak']):+.2f} dBFS: the raw vocal is probably "
+                  "clipped; the mix keeps the distortion", file=sys.stderr)
         seg_native = int(round(seg_s * sr_in))
         starts = choose_segments(ana["env_db"], ana["hop"], frames, seg_native, max(1, int(max_segments)), raw_path)
         raw_segs = torch.from_numpy(_read_segments(raw_path, info, starts, seg_native, msr, 1))

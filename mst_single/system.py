@@ -17,6 +17,7 @@ mixed target is not normalised: its level is part of the style to learn (output 
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -178,6 +179,13 @@ class VocalMST(pl.LightningModule):
                        "a poisoned checkpoint could be saved",
                        fix="check those files (`mst-single check-data DATA`), or lower model.lr; the last "
                            "good checkpoint is kept and `fit --ckpt_path last` resumes from it")
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout draws from torch's global RNG, which Lightning does not checkpoint (and on resume
+        # the first epoch's start hooks run in another order). Restarting it from (seed, step) at
+        # every step makes `fit --ckpt_path last` draw exactly what an uninterrupted run draws.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        torch.manual_seed((seed * 1_000_003 + int(self.global_step)) % (2 ** 63))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._step(batch, "train")

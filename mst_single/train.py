@@ -225,7 +225,8 @@ def _cli_classes():
         def instantiate_trainer(self, **kwargs):
             c = self.config[self.subcommand]
             trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._new_run_dir = not self.run_dir.exists()
+            fileio.ensure_dir(self.log_dir)  # MstError naming the folder when it cannot be created
             loggers = [RunCSVLogger(self.log_dir)]
             if c.get("wandb") and os.environ.get("WANDB_MODE", "offline") != "disabled":
                 loggers.append(self._wandb_logger(c))
@@ -244,6 +245,19 @@ def _cli_classes():
                 ResumeCallback(),
             ]
             return self._instantiate_trainer(trainer_config, callbacks)
+
+        def _run_subcommand(self, subcommand) -> None:
+            try:
+                super()._run_subcommand(subcommand)
+            except BaseException:
+                # a run that failed before writing any file (bad data, ...) leaves no empty folder
+                run_dir = getattr(self, "run_dir", None)
+                if getattr(self, "_new_run_dir", False) and run_dir is not None and run_dir.is_dir() \
+                        and not any(p.is_file() for p in run_dir.rglob("*")):
+                    import shutil
+
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
 
         def _wandb_logger(self, c):
             from pytorch_lightning.loggers import WandbLogger
