@@ -7,7 +7,8 @@ Kept free of torch so that `mst-single check-data` starts fast; the dataset live
 A data folder holds `raw/NAME.wav` and `mixed/NAME.wav` (or `.flac`); the same stem is the same
 song. Each song is analysed once (`prepare_song`): both files are validated, the lag of the mixed
 file against the raw one is found by GCC-PHAT cross-correlation, and the raw power envelope is kept
-so that near-silent segments can be skipped without reading audio again.
+so that near-silent segments can be skipped without reading audio again. The analysis streams the
+files block by block, so its memory does not grow with the length of a song (a 1-hour take is fine).
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ _FIX_BAD_FILE = "re-export the file from your audio editor as WAV or FLAC, or re
 # Native samples read on each side of a chunk before resampling, so that the soxr filter's edge
 # transient falls outside the samples we keep (HQ filter is a few hundred taps long).
 _RESAMPLE_PAD = 2048
+_BLOCK_FRAMES = 1 << 17  # native frames per block when a file is streamed (~2.7 s at 48 kHz)
+LAG_WINDOW_SECONDS = 300.0  # the lag is estimated from at most this much non-silent raw audio
 SILENT_PEAK_DB = -60.0  # a raw/mixed file whose peak is below this is treated as silent (unusable)
 HOP_SECONDS = 0.1  # resolution (s) of the raw power envelope used to skip silent segments
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _MEMO: dict[str, "SongInfo"] = {}  # in-process alignment cache, keyed like the JSON cache
 
 
@@ -129,6 +132,40 @@ def resample(x: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
         return x
     y = soxr.resample(np.ascontiguousarray(x.T), orig_sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(y.T, dtype=np.float32)
+
+
+def resampled_length(frames: int, orig_sr: int, sample_rate: int) -> int:
+    """Samples that `resample` (soxr) returns for `frames` native samples: frames * ratio, rounded."""
+    return (2 * frames * sample_rate + orig_sr) // (2 * orig_sr)
+
+
+def native_blocks(info: AudioInfo, block_frames: int = _BLOCK_FRAMES):
+    """Yield the whole file as consecutive (C, <= block_frames) float32 native blocks; DataError if
+    the audio data cannot be decoded."""
+    try:
+        with sf.SoundFile(info.path) as f:
+            while True:
+                x = f.read(block_frames, dtype="float32", always_2d=True)
+                if len(x) == 0:
+                    return
+                yield np.ascontiguousarray(x.T)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise DataError(f"the audio data cannot be decoded ({e})", info.path, _FIX_BAD_FILE) from e
+
+
+def mono_stream(info: AudioInfo, sample_rate: int, block_frames: int = _BLOCK_FRAMES):
+    """Yield the file downmixed to mono and resampled to `sample_rate` (Hz) as (n,) float32 chunks.
+
+    soxr's streaming resampler carries its filter state across blocks, so the concatenated chunks
+    equal `resample` of the whole mono file, sample for sample.
+    """
+    stream = None if info.sample_rate == sample_rate else \
+        soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    for x in native_blocks(info, block_frames):
+        mono = np.ascontiguousarray(x.mean(axis=0), dtype=np.float32)
+        yield mono if stream is None else stream.resample_chunk(mono)
+    if stream is not None:
+        yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = False,
@@ -285,18 +322,32 @@ def lag_search(raw: np.ndarray, mixed: np.ndarray, sample_rate: int, max_lag_sec
     so the peak stays sharp after EQ, compression and reverb, which only smear a plain correlation.
     Blocks keep the FFTs small (fast, cache-friendly) and memory flat for long songs.
     """
-    max_lag = max(0, int(round(max_lag_seconds * sample_rate)))
-    block = max(int(block_seconds * sample_rate), 2 * max_lag, 1024)
-    n = scipy.fft.next_fast_len(block + 2 * max_lag, real=True)
+    max_lag, block, n = _lag_geometry(sample_rate, max_lag_seconds, block_seconds)
     raw = np.asarray(raw, np.float32)
     padded = np.concatenate([np.zeros(max_lag, np.float32), np.asarray(mixed, np.float32),
                              np.zeros(max_lag + block, np.float32)])  # padded[i + max_lag] = mixed[i]
     spec = np.zeros(n // 2 + 1, np.complex128)
     for b0 in range(0, len(raw), block):
         x = raw[b0:b0 + block]
-        if not x.any():  # silent blocks add nothing but FFT time
-            continue
-        spec += np.conj(scipy.fft.rfft(x, n)) * scipy.fft.rfft(padded[b0:b0 + block + 2 * max_lag], n)
+        if x.any():  # silent blocks add nothing but FFT time
+            spec += _cross_spectrum(x, padded[b0:b0 + block + 2 * max_lag], n)
+    return _phat_peak(spec, n, max_lag, sample_rate)
+
+
+def _lag_geometry(sample_rate: int, max_lag_seconds: float, block_seconds: float) -> tuple[int, int, int]:
+    """(max lag, raw block length, FFT size), all in samples, of a GCC-PHAT search."""
+    max_lag = max(0, int(round(max_lag_seconds * sample_rate)))
+    block = max(int(block_seconds * sample_rate), 2 * max_lag, 1024)
+    return max_lag, block, scipy.fft.next_fast_len(block + 2 * max_lag, real=True)
+
+
+def _cross_spectrum(raw_block: np.ndarray, mixed_block: np.ndarray, n: int) -> np.ndarray:
+    """Cross-spectrum (n // 2 + 1,) of a raw block against the mixed block that starts max lag earlier."""
+    return np.conj(scipy.fft.rfft(raw_block, n)) * scipy.fft.rfft(mixed_block, n)
+
+
+def _phat_peak(spec: np.ndarray, n: int, max_lag: int, sample_rate: int) -> tuple[int, float]:
+    """(lag, score) from a summed cross-spectrum: PHAT-whiten, back to time, pick the peak."""
     mag = np.abs(spec)
     # the small floor keeps bins with no energy in either signal (e.g. above a low-rate file's
     # Nyquist) from being amplified into noise
@@ -355,56 +406,117 @@ class SongInfo:
         return AudioInfo(self.mixed_path, self.mixed_sr, self.mixed_channels, self.mixed_frames)
 
 
-def _loudness(x: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness (LUFS, BS.1770 via pyloudnorm) of (C, T); -inf for silence or < 0.4 s."""
-    import pyloudnorm
+def scan_file(info: AudioInfo, what: str, loudness: bool = False) -> tuple[float, float | None]:
+    """Validate a whole file block by block: (sample peak dBFS, integrated loudness LUFS or None).
 
-    if x.shape[1] < int(0.4 * sample_rate):
-        return -math.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = pyloudnorm.Meter(sample_rate).integrated_loudness(x.T.astype(np.float64))
-    return float(value) if np.isfinite(value) else -math.inf
+    DataError (naming the file) for NaN/Inf samples or a silent file (peak below SILENT_PEAK_DB);
+    `what` ("raw"/"mixed") names the file in the message. With `loudness`, the native audio is
+    also fed to a streaming BS.1770 meter (-inf for silence or audio shorter than 0.4 s).
+    """
+    meter = None
+    if loudness:  # loudness.py imports torch: only check-data's statistics pay for it
+        from mst_single.loudness import StreamingLoudness
+
+        meter = StreamingLoudness(info.sample_rate, info.channels)
+    peak, bad, first_bad, pos = 0.0, 0, None, 0
+    for x in native_blocks(info):
+        finite = np.isfinite(x)
+        if not finite.all():
+            if first_bad is None:
+                first_bad = pos + int(np.argmax(~finite.all(axis=0)))
+            bad += int(x.size - finite.sum())
+        elif not bad:  # past the first NaN only the count matters
+            peak = max(peak, float(np.max(np.abs(x))))
+            if meter is not None:
+                meter.update(x)
+        pos += x.shape[1]
+    if bad:
+        raise DataError(f"contains {bad} NaN/Inf samples (first at {first_bad / info.sample_rate:.3f} s)", info.path,
+                        "re-render or re-export the file; NaN/Inf usually come from a broken plugin or a float export")
+    pk = 20 * math.log10(peak) if peak > 0 else -math.inf
+    if pk < SILENT_PEAK_DB:
+        raise DataError(f"the {what} vocal is silent (peak {pk:.1f} dBFS)", info.path,
+                        "check the export (muted track?) or remove the song from raw/ and mixed/")
+    if meter is None:
+        return pk, None
+    lufs = meter.integrated()
+    return pk, lufs if lufs > -70.0 else -math.inf  # the meter reads -70.0 for silence or < 0.4 s
+
+
+def file_lag(ri: AudioInfo, mi: AudioInfo, sample_rate: int, max_lag_seconds: float = 0.5,
+             window_seconds: float = LAG_WINDOW_SECONDS, block_seconds: float = 4.0) -> tuple[int, float]:
+    """`lag_search` on two files read block by block: (lag samples at `sample_rate`, score).
+
+    Uses the first non-silent raw blocks up to `window_seconds` (the offset is constant over a song,
+    and a few minutes of singing pin it down), each against the mixed block widened by +-max lag;
+    memory stays at one block whatever the song length. A song shorter than the window gives
+    exactly the whole-song search.
+    """
+    max_lag, block, n = _lag_geometry(sample_rate, max_lag_seconds, block_seconds)
+    length = resampled_length(ri.frames, ri.sample_rate, sample_rate)
+    spec = np.zeros(n // 2 + 1, np.complex128)
+    budget = math.ceil(window_seconds * sample_rate / block)  # non-silent raw blocks to use
+    for b0 in range(0, length, block):
+        x = read_segment(ri.path, b0, min(block, length - b0), sample_rate, 1, ri)[0]
+        if not x.any():
+            continue
+        y = read_segment(mi.path, b0 - max_lag, block + 2 * max_lag, sample_rate, 1, mi)[0]
+        spec += _cross_spectrum(x, y, n)
+        budget -= 1
+        if budget <= 0:
+            break
+    return _phat_peak(spec, n, max_lag, sample_rate)
+
+
+def envelope_db(info: AudioInfo, sample_rate: int, offset: int, length: int, hop: int) -> list[float]:
+    """Mean power (dBFS, 0.01 dB steps) per `hop` samples of the mono file at `sample_rate` (Hz),
+    over samples [offset, offset + length); streamed, so memory is one block plus the envelope."""
+    nh = math.ceil(length / hop)
+    energy = np.zeros(nh)
+    pos = -offset  # envelope position of the next streamed sample
+    for chunk in mono_stream(info, sample_rate):
+        lo, hi = max(pos, 0), min(pos + len(chunk), length)
+        if hi > lo:
+            k0 = lo // hop
+            part = np.bincount(np.arange(lo, hi) // hop - k0, weights=chunk[lo - pos:hi - pos].astype(np.float64) ** 2)
+            energy[k0:k0 + len(part)] += part
+        pos += len(chunk)
+        if pos >= length:
+            break
+    counts = np.full(nh, float(hop))
+    counts[-1] = length - (nh - 1) * hop
+    return np.round(10 * np.log10(np.maximum(energy / counts, 1e-12)), 2).tolist()
 
 
 def prepare_song(pair: SongPair, sample_rate: int = 48000, max_lag_seconds: float = 0.5,
                  stats: bool = False) -> SongInfo:
-    """Validate and align one song (reads both files fully, one song at a time).
+    """Validate and align one song, streaming both files (memory does not grow with the length).
 
     DataError (naming the file) for an unreadable, empty, NaN/Inf or silent file, a mixed file with
-    more than 2 channels, or raw and mixed that do not overlap after alignment. With `stats`, also
-    measures loudness (LUFS) and peak (dBFS) of both native files.
+    more than 2 channels, or raw and mixed that do not overlap after alignment. The lag comes from
+    the first `LAG_WINDOW_SECONDS` of non-silent raw audio. With `stats`, also measures loudness
+    (LUFS) and peak (dBFS) of both native files.
     """
     ri, mi = audio_info(pair.raw_path), audio_info(pair.mixed_path)
     if mi.channels > 2:
         raise DataError(f"the mixed file has {mi.channels} channels; expected mono or stereo", pair.mixed_path,
                         "export the mixed vocal as a stereo (or mono) file")
-    raw, _ = load_audio(pair.raw_path, None)  # (C, N) native
-    mixed, _ = load_audio(pair.mixed_path, None)  # (C, M) native
     found = {}
-    for what, x, info in (("raw", raw, ri), ("mixed", mixed, mi)):
-        pk = peak_db(x)
-        if pk < SILENT_PEAK_DB:
-            raise DataError(f"the {what} vocal is silent (peak {pk:.1f} dBFS)", info.path,
-                            "check the export (muted track?) or remove the song from raw/ and mixed/")
+    for what, info in (("raw", ri), ("mixed", mi)):
+        pk, lufs = scan_file(info, what, loudness=stats)
         if what == "raw":
             raw_peak = pk
         if stats:
-            found[f"{what}_peak_db"], found[f"{what}_lufs"] = pk, _loudness(x, info.sample_rate)
-    raw = resample(raw.mean(axis=0, keepdims=True), ri.sample_rate, sample_rate)[0]
-    mixed_mono = resample(mixed.mean(axis=0, keepdims=True), mi.sample_rate, sample_rate)[0]
-    del mixed
-    lag, score = lag_search(raw, mixed_mono, sample_rate, max_lag_seconds)
+            found[f"{what}_peak_db"], found[f"{what}_lufs"] = pk, lufs
+    lag, score = file_lag(ri, mi, sample_rate, max_lag_seconds)
     raw_offset, mixed_offset = max(-lag, 0), max(lag, 0)
-    length = min(len(raw) - raw_offset, len(mixed_mono) - mixed_offset)
+    length = min(resampled_length(ri.frames, ri.sample_rate, sample_rate) - raw_offset,
+                 resampled_length(mi.frames, mi.sample_rate, sample_rate) - mixed_offset)
     if length <= 0:
         raise DataError(f"raw and mixed do not overlap after aligning them (lag {1000 * lag / sample_rate:.1f} ms)",
                         pair.mixed_path, "check that the mixed file belongs to this raw vocal")
     hop = max(1, int(round(HOP_SECONDS * sample_rate)))
-    seg = raw[raw_offset:raw_offset + length].astype(np.float64)
-    nh = math.ceil(length / hop)
-    power = np.add.reduceat(seg ** 2, np.arange(nh) * hop) / np.diff(np.append(np.arange(nh) * hop, length))
-    env_db = np.round(10 * np.log10(np.maximum(power, 1e-12)), 2).tolist()
+    env_db = envelope_db(ri, sample_rate, raw_offset, length, hop)
     return SongInfo(pair.name, str(pair.raw_path), str(pair.mixed_path), int(sample_rate), ri.sample_rate,
                     mi.sample_rate, ri.channels, mi.channels, ri.frames, mi.frames, int(lag), round(score, 3),
                     raw_offset, mixed_offset, int(length), hop, env_db, found or None, round(raw_peak, 3))
