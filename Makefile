@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test bench install clean reproduce
 
 $(VENV)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/mst-single demo-data $(DATA) --songs 24 --seconds 20 --seed 0
 	$(BIN)/mst-single check-data $(DATA)
+	$(BIN)/mst-single ablate experiments/e01-approach1-vs-approach2 --data $(DATA) --budget smoke
+
+# After `make demo`: retrain e01 smoke from scratch elsewhere and check results.csv agrees within 2 %.
+REPRO ?= /tmp/vocal-mst-e01-rerun
+reproduce: $(VENV)/.installed
+	$(BIN)/mst-single ablate experiments/e01-approach1-vs-approach2 --data $(DATA) --budget smoke --out $(REPRO) --force
+	$(BIN)/mst-single compare experiments/e01-approach1-vs-approach2/results $(REPRO) --check-same 0.02
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
