@@ -8,3 +8,9 @@ Style Transfer", ISMIR 2024). Two approaches are compared everywhere:
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# torch's OpenMP threads spin while they wait for each other; on a shared or loaded CPU that costs
+# 5-10x CPU time (measured for issue 6). It must be set before torch is first imported.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -184,3 +184,50 @@ def test_streamer_equals_forward(stages):
         ys = np.concatenate(out, -1)
         assert ys.shape == y.shape and ys.dtype == np.float32
         assert np.abs(ys - y).max() < 2e-5
+
+
+def test_streamer_equals_forward_long_chunks_cut_into_pieces():
+    """Chunks much longer than the filters: the overlap-add cuts each into several FFT pieces
+    (`_ola_fft_size`); the result equals forward run in float64 to 5e-6 abs (peak ~1.6; the
+    float32 forward itself is off by ~2.5e-5 here, from its one 200k-point FFT)."""
+    from mst_single.console import _ola_fft_size
+
+    c = VocalConsole(16000)
+    g = torch.Generator().manual_seed(9)
+    n = 12 * 16000 + 77
+    x = torch.randn(1, 1, n, generator=g) * torch.linspace(0.02, 0.5, n)
+    units = c.denormalize(torch.rand(1, c.num_params, generator=g))
+    units.update(reverb_decay_s=torch.tensor([0.3]), reverb_wet_db=torch.tensor([-6.0]),
+                 comp_threshold_db=torch.tensor([-30.0]), comp_ratio=torch.tensor([4.0]))
+    p = c.normalize(units)
+    y = c(x.double(), p.double())[0].numpy()
+    s = c.streamer(p)
+    chunk = 1 << 16
+    assert _ola_fft_size(s.eq.taps, chunk) < chunk // 2  # the EQ: several small FFTs per chunk
+    ys = np.concatenate([s.process(x[0, :, i : i + chunk].numpy()) for i in range(0, n, chunk)], -1)
+    assert s.eq._pieces.shape[0] > 2
+    assert ys.shape == y.shape and np.abs(ys - y).max() < 5e-6
+
+
+def test_nan_parameters_never_raise_and_stay_in_their_row():
+    """A diverged controller (NaN in any one parameter) must not crash the console (issue 7):
+    forward, backward and the streamer return; the other batch row is unaffected."""
+    c = VocalConsole(16000)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 1, 4000, generator=g) * 0.2
+    p = torch.rand(2, c.num_params, generator=g)
+    clean = c(x[1:], p[1:])
+    for i in range(c.num_params):
+        q = p.clone()
+        q[0, i] = float("nan")
+        q.requires_grad_()
+        y = c(x, q)
+        assert y.shape == (2, 2, 4000)
+        y[1].sum().backward()
+        assert torch.allclose(y[1], clean[0], atol=1e-6), c.param_names[i]
+        assert torch.isfinite(q.grad[1]).all()
+        ys = c.streamer(q[:1].detach()).process(x[0].numpy())
+        assert ys.shape == (2, 4000)
+    for v in (float("nan"), float("inf")):
+        assert F.eq_fir_length(16000, torch.full((1, 6), v), torch.full((1, 6), 100.0), torch.ones(1, 6)) >= 1024
+        assert F.reverb_ir_length(16000, torch.tensor([v]), torch.tensor([0.0])) == int(2.5 * 16000)
