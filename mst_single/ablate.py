@@ -53,6 +53,7 @@ from mst_single.compare import COLUMNS, NONE
 from mst_single.errors import MstError
 from mst_single.fileio import write_json, write_text
 from mst_single.provenance import REPO_ROOT
+from mst_single.train import read_yaml_mapping
 
 RESULTS = "results"
 RUNS = "runs"  # under results/: training runs and data subsets (gitignored)
@@ -63,20 +64,6 @@ README_END = "<!-- END results budget={budget} -->"
 
 
 # ----------------------------------------------------------------------------------------------- config
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MstError(f"cannot read the file ({e.strerror})", path, "check the path") from e
-    except yaml.YAMLError as e:
-        raise MstError(f"not valid YAML ({e})", path, "fix the YAML syntax") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise MstError("the file must hold a mapping (key: value lines)", path, "fix the file")
-    return data
-
-
 def deep_merge(a: dict, b: dict) -> dict:
     """``b`` over ``a``: mappings merge recursively, anything else (lists too) is replaced."""
     out = dict(a)
@@ -114,7 +101,7 @@ def load_config_chain(path: Path, _chain: tuple = ()) -> dict:
         raise MstError("config inheritance loops back to this file", path, "remove the __base__ cycle")
     if not path.is_file():
         raise MstError("training config not found", path, "list files like configs/approach1.yaml in `configs:`")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     base = data.pop("__base__", None)
     merged: dict = {}
     for b in ([] if base is None else base if isinstance(base, list) else [base]):
@@ -133,9 +120,9 @@ def load_experiment(folder: Path) -> dict:
     if not first or not first[0].startswith(COMMAND_PREFIX):
         raise MstError(f"the first line must be the command that runs it, as a comment ({COMMAND_PREFIX.strip()} ...)",
                        path, f"add e.g. '{COMMAND_PREFIX}{folder.as_posix()} --budget smoke' as line 1")
-    own = _read_yaml(path)
+    own = read_yaml_mapping(path)
     base_name = own.pop("base", "../base.yaml")
-    base = _read_yaml(folder / base_name) if base_name else {}
+    base = read_yaml_mapping(folder / base_name) if base_name else {}
     exp = deep_merge(base, own)
     exp.update(name=folder.resolve().name, folder=str(folder), command=first[0][2:].strip())
     variants = exp.get("variants")

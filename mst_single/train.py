@@ -46,9 +46,10 @@ BASE_KEY = "__base__"
 # ----------------------------------------------------------------------------------------------
 # config inheritance
 
-def _load_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML file that must hold a mapping; MstError naming the file otherwise (empty file: {})."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise MstError(f"cannot read the config file ({e.strerror})", path,
                        "check the path (configs live in configs/, e.g. -c configs/approach1.yaml)") from e
@@ -68,7 +69,7 @@ def _expand_config(path: Path, seen: set, chain: tuple = ()) -> list[str]:
         raise MstError(f"config inheritance loops back to {path.name}", path, f"remove the {BASE_KEY} cycle")
     if not path.is_file():
         raise MstError("config file not found", path, "check the path, e.g. -c configs/approach1.yaml")
-    data = _load_yaml(path)
+    data = read_yaml_mapping(path)
     base = data.pop(BASE_KEY, None)
     out: list[str] = []
     if base is not None:
