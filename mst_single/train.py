@@ -267,7 +267,9 @@ def _cli_classes():
             policy = c.data.get("reference_policy")
             tags = [c.model.approach] + ([f"policy-{policy}"] if c.model.approach == "approach1" else [])
             return WandbLogger(name=self.run_dir.name, save_dir=str(self.log_dir), offline=offline,
-                               id=_wandb_id(self.log_dir, self.resuming), project=c.get("wandb_project"),
+                               # a W&B sweep agent names the run it expects through WANDB_RUN_ID
+                               id=os.environ.get("WANDB_RUN_ID") or _wandb_id(self.log_dir, self.resuming),
+                               project=c.get("wandb_project"),
                                group=c.get("wandb_group"), tags=tags + list(c.get("tags") or []),
                                job_type=self.subcommand, resume="allow" if self.resuming else None)
 
