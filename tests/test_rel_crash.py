@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import make_vocal_data, synth_vocal
+from conftest import make_vocal_data, synth_vocal, tiny_fit_args
 from mst_single import fileio
 from mst_single.cli import main
 from mst_single.errors import MstError
@@ -168,19 +168,6 @@ def fingerprint(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def tiny_fit_args(root, runs) -> list[str]:
-    return [
-        "--data.root", str(root), "--data.sample_rate", str(SR), "--data.segment_seconds", "1",
-        "--data.batch_size", "2", "--data.train_segments_per_epoch", "4",
-        "--data.val_fraction", "0.25", "--data.test_fraction", "0.25",
-        "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}', "--model.hidden", "16",
-        "--model.loss", '{"fft_sizes": [1024, 256], "hop_sizes": [256, 64], "win_lengths": [1024, 256]}',
-        "--model.log_audio_every_n_epochs", "1", "--model.num_log_examples", "1", "--trainer.max_epochs", "1",
-        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.num_sanity_val_steps", "0", "--wandb", "false", "--runs_dir", str(runs),
-    ]
-
-
 @pytest.fixture(scope="module")
 def readonly_runs(tmp_path_factory):
     """check-data, fit (approach2) and mix on a data folder whose files are chmod 0444; records every
@@ -200,6 +187,8 @@ def readonly_runs(tmp_path_factory):
             contextlib.redirect_stderr(io.StringIO()):
         codes["check-data"] = main(["check-data", str(data), "--sample-rate", str(SR)])
         codes["fit"] = main(["fit", "-c", str(REPO / "configs" / "approach2.yaml"), *tiny_fit_args(data, runs),
+                             "--data.val_fraction", "0.25", "--data.test_fraction", "0.25",
+                             "--model.log_audio_every_n_epochs", "1", "--model.num_log_examples", "1",
                              "--run_name", "ro"])
         ckpt = runs / "ro" / "checkpoints" / "last.ckpt"
         codes["mix"] = main(["mix", str(raw), "-o", str(base / "out" / "take_mix.wav"), "--ckpt", str(ckpt),

@@ -29,7 +29,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import make_vocal_data, process_mix, synth_vocal, write_pair
+from conftest import make_vocal_data, process_mix, synth_vocal, tiny_fit_args, write_pair
 from mst_single.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,20 +66,6 @@ def snapshot(root: Path) -> dict:
 
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def tiny_fit_args(root, runs, epochs=1) -> list[str]:
-    """Overrides of the real configs that make a fit take seconds on 2 CPU cores."""
-    return [
-        "--data.root", str(root), "--data.sample_rate", str(SR), "--data.segment_seconds", "1",
-        "--data.batch_size", "2", "--data.train_segments_per_epoch", "4",
-        "--data.val_fraction", "0.2", "--data.test_fraction", "0.2",
-        "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}', "--model.hidden", "16",
-        "--model.loss", '{"fft_sizes": [1024, 256], "hop_sizes": [256, 64], "win_lengths": [1024, 256]}',
-        "--model.log_audio_every_n_epochs", "0", "--trainer.max_epochs", str(epochs),
-        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.num_sanity_val_steps", "0", "--wandb", "false", "--runs_dir", str(runs),
-    ]
 
 
 def fit(approach: str, root, runs, *extra, epochs=1) -> tuple[int, str]:

@@ -29,27 +29,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_vocal_data, synth_vocal
+from conftest import make_vocal_data, synth_vocal, tiny_fit_args
+
+# tiny_fit_args keeps dropout on (0.1, as in base.yaml), so the global RNG state matters for resume
+# and determinism.
 from mst_single.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 SR = 16000
-
-
-def tiny_args(root, runs, epochs) -> list[str]:
-    """Overrides of the real configs for a CPU run of seconds: 2 steps per epoch. Dropout stays on
-    (0.1, as in base.yaml) so that the global RNG state matters for resume and determinism."""
-    return [
-        "--data.root", str(root), "--data.sample_rate", str(SR), "--data.segment_seconds", "1",
-        "--data.batch_size", "2", "--data.train_segments_per_epoch", "4",
-        "--data.val_fraction", "0.2", "--data.test_fraction", "0.2",
-        "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}', "--model.hidden", "16",
-        "--model.loss", '{"fft_sizes": [1024, 256], "hop_sizes": [256, 64], "win_lengths": [1024, 256]}',
-        "--model.log_audio_every_n_epochs", "0", "--trainer.max_epochs", str(epochs),
-        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.num_sanity_val_steps", "0", "--wandb", "false", "--runs_dir", str(runs),
-    ]
 
 
 def cli(*argv) -> tuple[int, str]:
@@ -91,7 +79,7 @@ def full_runs(data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     out = []
     for name in ("full_a", "full_b"):
-        code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_args(data, runs, EPOCHS), "--run_name", name)
+        code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_fit_args(data, runs, EPOCHS), "--run_name", name)
         assert code == 0, text
         out.append(runs / name)
     return out
@@ -112,7 +100,7 @@ def test_same_seed_same_run_on_cpu(full_runs):
 
 def test_another_seed_gives_another_run(full_runs, data, tmp_path):
     """The comparison above can fail: a different seed changes the numbers."""
-    code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_args(data, tmp_path, 1), "--run_name", "s1",
+    code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_fit_args(data, tmp_path, 1), "--run_name", "s1",
                      "--seed_everything", "1")
     assert code == 0, text
     first_val = series(metrics(full_runs[0]), "val/loss")[0]
@@ -148,7 +136,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(full_runs, data, tmp_pa
                PYTHONPATH=os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")]))
     # killed at global step 3: the second step of epoch 1, after epoch 0's last.ckpt was written
     cmd = [str(REPO / ".venv" / "bin" / "mst-single"), "fit", "-c", str(CONFIGS / "approach2.yaml"),
-           *tiny_args(data, runs, EPOCHS), "--run_name", "killed",
+           *tiny_fit_args(data, runs, EPOCHS), "--run_name", "killed",
            "--trainer.callbacks", '[{"class_path": "rel_killhook.KillAtStep", "init_args": {"step": 3}}]']
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-3000:]
@@ -158,7 +146,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(full_runs, data, tmp_pa
     st = ckpt_state(last)
     assert (st["epoch"], st["global_step"]) == (0, 2), "last.ckpt should hold the end of epoch 0"
 
-    code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_args(data, runs, EPOCHS), "--run_name", "killed",
+    code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_fit_args(data, runs, EPOCHS), "--run_name", "killed",
                      "--ckpt_path", "last")
     assert code == 0, text
     full, resumed = metrics(full_runs[0]), metrics(run)
@@ -301,7 +289,7 @@ def test_nan_in_fit_stops_without_saving(where, data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(VocalMST, "training_step", training_step)
     monkeypatch.setattr(VocalConsole, "forward", forward)
-    code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_args(data, tmp_path, EPOCHS), "--run_name", "nan")
+    code, text = cli("fit", "-c", CONFIGS / "approach2.yaml", *tiny_fit_args(data, tmp_path, EPOCHS), "--run_name", "nan")
     assert code == 2, text
     assert state["songs"] and state["ckpts"], "the NaN step was not reached"
     msg = text[text.index("error:"):]
