@@ -328,6 +328,18 @@ _DB_PER_NEPER = 20.0 / math.log(10.0)
 
 
 @_njit
+def _knee_curve(d, hw, ws):
+    """Soft-knee overshoot f (dB) for d = level - threshold, knee half-width hw, knee width ws (> 0):
+    the per-sample form of `gain_computer_db` (reduction = (1 - 1/ratio) * f)."""
+    if d > hw:
+        return d
+    if d > -hw:
+        q = d + hw
+        return q * q / (2.0 * ws)
+    return 0.0
+
+
+@_njit
 def _comp_fwd_kernel(lv, thr, ratio, knee, a_att, a_rel, s0, s):
     """Soft-knee curve (`gain_computer_db`) + attack/release smoothing in one pass per row:
     level lv (dB) -> smoothed reduction s (dB)."""
@@ -342,13 +354,7 @@ def _comp_fwd_kernel(lv, thr, ratio, knee, a_att, a_rel, s0, s):
         prev = s0[b]
         for i in range(n):
             d = lv[b, i] - thr[b]
-            if d > hw:
-                r = c * d
-            elif d > -hw:
-                q = d + hw
-                r = c * (q * q / (2.0 * ws))
-            else:
-                r = 0.0
+            r = c * _knee_curve(d, hw, ws)
             a = aa if r > prev else ar
             prev = a * prev + (1.0 - a) * r
             s[b, i] = prev
@@ -491,13 +497,7 @@ def _compress_infer_kernel(lv, thr, ratio, knee, makeup, a_att, a_rel, s0):
     s = s0
     for i in range(lv.shape[0]):
         d = lv[i] - thr
-        if d > hw:
-            r = c * d
-        elif d > -hw:
-            q = d + hw
-            r = c * (q * q / (2.0 * ws))
-        else:
-            r = 0.0
+        r = c * _knee_curve(d, hw, ws)
         a = a_att if r > s else a_rel
         s = a * s + (1.0 - a) * r
         lv[i] = (makeup - s) / 8.685889638065035  # _DB_PER_NEPER
