@@ -437,7 +437,7 @@ def run_baselines(exp: dict, budget: str, units: list[Unit], data_root: Path, ru
                 per_song[song], hist = B.oracle(console, raw, target, target_lufs, int(oc.get("steps", 100)),
                                                 int(oc.get("batch_size", 4)),
                                                 float(oc.get("segment_seconds", data["segment_seconds"])),
-                                                float(oc.get("lr", 0.05)), seed, name=song)
+                                                float(oc.get("lr", 0.05)), seed, testset.raw_lufs(song), name=song)
                 fits.setdefault(name, {})[song] = {"loss_first": hist[0], "loss_last": hist[-1], "steps": len(hist)}
             results = E.evaluate_setting(console, target_lufs, testset, per_song)
         rows += result_rows(dict(meta, variant=name), NONE, seed, results)

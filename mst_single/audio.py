@@ -36,7 +36,7 @@ _BLOCK_FRAMES = 1 << 17  # native frames per block when a file is streamed (~2.7
 LAG_WINDOW_SECONDS = 300.0  # the lag is estimated from at most this much non-silent raw audio
 SILENT_PEAK_DB = -60.0  # a raw/mixed file whose peak is below this is treated as silent (unusable)
 HOP_SECONDS = 0.1  # resolution (s) of the raw power envelope used to skip silent segments
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # 4: SongInfo.raw_lufs
 _MEMO: dict[str, "SongInfo"] = {}  # in-process alignment cache, keyed like the JSON cache
 
 
@@ -393,6 +393,10 @@ class SongInfo:
     env_db: list = field(repr=False)
     stats: dict | None = None
     raw_peak_db: float | None = None  # sample peak of the native raw file (dBFS)
+    # Integrated loudness (LUFS, BS.1770) of the whole native raw file downmixed to mono, -70.0 for
+    # silence: the ONE measurement every input normalisation uses (training segments, evaluation,
+    # baselines and `mix`, which measures the same quantity the same way), see loudness.song_gain_db.
+    raw_lufs: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -406,18 +410,22 @@ class SongInfo:
         return AudioInfo(self.mixed_path, self.mixed_sr, self.mixed_channels, self.mixed_frames)
 
 
-def scan_file(info: AudioInfo, what: str, loudness: bool = False) -> tuple[float, float | None]:
-    """Validate a whole file block by block: (sample peak dBFS, integrated loudness LUFS or None).
+def scan_file(info: AudioInfo, what: str, loudness: bool = False,
+              mono_loudness: bool = False) -> tuple[float, float | None, float | None]:
+    """Validate a whole file block by block: (sample peak dBFS, integrated loudness LUFS or None,
+    integrated loudness of the mono downmix LUFS or None).
 
     DataError (naming the file) for NaN/Inf samples or a silent file (peak below SILENT_PEAK_DB);
     `what` ("raw"/"mixed") names the file in the message. With `loudness`, the native audio is
-    also fed to a streaming BS.1770 meter (-inf for silence or audio shorter than 0.4 s).
+    also fed to a streaming BS.1770 meter (-inf for silence or audio shorter than 0.4 s); with
+    `mono_loudness`, its mono downmix to another one (-70.0 for silence, as `mix` measures it).
     """
-    meter = None
-    if loudness:  # loudness.py imports torch: only check-data's statistics pay for it
+    meter = mono_meter = None
+    if loudness or mono_loudness:  # loudness.py imports torch: only pay for it when measuring
         from mst_single.loudness import StreamingLoudness
 
-        meter = StreamingLoudness(info.sample_rate, info.channels)
+        meter = StreamingLoudness(info.sample_rate, info.channels) if loudness else None
+        mono_meter = StreamingLoudness(info.sample_rate, 1) if mono_loudness else None
     peak, bad, first_bad, pos = 0.0, 0, None, 0
     for x in native_blocks(info):
         finite = np.isfinite(x)
@@ -429,6 +437,8 @@ def scan_file(info: AudioInfo, what: str, loudness: bool = False) -> tuple[float
             peak = max(peak, float(np.max(np.abs(x))))
             if meter is not None:
                 meter.update(x)
+            if mono_meter is not None:
+                mono_meter.update(x.mean(axis=0, keepdims=True))
         pos += x.shape[1]
     if bad:
         raise DataError(f"contains {bad} NaN/Inf samples (first at {first_bad / info.sample_rate:.3f} s)", info.path,
@@ -437,10 +447,11 @@ def scan_file(info: AudioInfo, what: str, loudness: bool = False) -> tuple[float
     if pk < SILENT_PEAK_DB:
         raise DataError(f"the {what} vocal is silent (peak {pk:.1f} dBFS)", info.path,
                         "check the export (muted track?) or remove the song from raw/ and mixed/")
+    mono_lufs = mono_meter.integrated() if mono_meter is not None else None
     if meter is None:
-        return pk, None
+        return pk, None, mono_lufs
     lufs = meter.integrated()
-    return pk, lufs if lufs > -70.0 else -math.inf  # the meter reads -70.0 for silence or < 0.4 s
+    return pk, lufs if lufs > -70.0 else -math.inf, mono_lufs  # the meter reads -70.0 for silence or < 0.4 s
 
 
 def file_lag(ri: AudioInfo, mi: AudioInfo, sample_rate: int, max_lag_seconds: float = 0.5,
@@ -503,9 +514,9 @@ def prepare_song(pair: SongPair, sample_rate: int = 48000, max_lag_seconds: floa
                         "export the mixed vocal as a stereo (or mono) file")
     found = {}
     for what, info in (("raw", ri), ("mixed", mi)):
-        pk, lufs = scan_file(info, what, loudness=stats)
+        pk, lufs, mono_lufs = scan_file(info, what, loudness=stats, mono_loudness=what == "raw")
         if what == "raw":
-            raw_peak = pk
+            raw_peak, raw_lufs = pk, mono_lufs
         if stats:
             found[f"{what}_peak_db"], found[f"{what}_lufs"] = pk, lufs
     lag, score = file_lag(ri, mi, sample_rate, max_lag_seconds)
@@ -519,7 +530,8 @@ def prepare_song(pair: SongPair, sample_rate: int = 48000, max_lag_seconds: floa
     env_db = envelope_db(ri, sample_rate, raw_offset, length, hop)
     return SongInfo(pair.name, str(pair.raw_path), str(pair.mixed_path), int(sample_rate), ri.sample_rate,
                     mi.sample_rate, ri.channels, mi.channels, ri.frames, mi.frames, int(lag), round(score, 3),
-                    raw_offset, mixed_offset, int(length), hop, env_db, found or None, round(raw_peak, 3))
+                    raw_offset, mixed_offset, int(length), hop, env_db, found or None, round(raw_peak, 3),
+                    round(float(raw_lufs), 4))
 
 
 def _cache_key(pair: SongPair, sample_rate: int, max_lag_seconds: float) -> str:
@@ -576,6 +588,13 @@ def index_songs(root: str | os.PathLike, sample_rate: int = 48000, max_lag_secon
         raise DataError(f"{len(errors)} of {len(pairs)} songs are unusable:\n{lines}", root,
                         f"fix or remove these files; `mst-single check-data {root}` prints a full report")
     return songs
+
+
+def song_loudness(song: SongInfo) -> float:
+    """`song.raw_lufs`, measured now (and stored on `song`) if the SongInfo was built without it."""
+    if song.raw_lufs is None:
+        song.raw_lufs = round(float(scan_file(song.raw_info(), "raw", mono_loudness=True)[2]), 4)
+    return song.raw_lufs
 
 
 def load_aligned(song: SongInfo) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@
 Both fits start from the console's neutral setting, are seeded (segment draws and crops come from
 seeded generators, no other randomness) and take their budgets from the experiment config
 (``baselines.mean_preset`` / ``baselines.oracle``: steps, batch_size, segment_seconds, lr).
-Inputs are loudness-normalised to ``target_lufs`` as in training (per segment for the mean preset,
-per whole song for the oracle, as that song is evaluated).
+Inputs are loudness-normalised to ``target_lufs`` as in training and evaluation: every segment by
+its whole song's gain (``loudness.song_gain_db`` of ``SongInfo.raw_lufs``).
 """
 from __future__ import annotations
 
@@ -87,24 +87,25 @@ def mean_preset(console, train_songs, target_lufs: float, steps: int, batch_size
         items = [ds[step * batch_size + i] for i in range(batch_size)]
         raw = torch.stack([it["raw"] for it in items])
         target = torch.stack([it["mixed"] for it in items])
-        raw, _ = normalize_loudness(raw, console.sample_rate, target_lufs)
+        raw, _ = normalize_loudness(raw, console.sample_rate, target_lufs, lufs=torch.stack([it["raw_lufs"] for it in items]))
         return raw, target
 
     return fit_setting(console, batches, steps, lr, loss_fn, desc="mean-preset", progress=progress)
 
 
 def oracle(console, raw: np.ndarray, target: np.ndarray, target_lufs: float, steps: int, batch_size: int,
-           segment_seconds: float, lr: float, seed: int, loss_fn=None, name: str = "",
+           segment_seconds: float, lr: float, seed: int, raw_lufs: float, loss_fn=None, name: str = "",
            progress: bool = True) -> tuple[torch.Tensor, list[float]]:
     """The ``oracle`` baseline for one song: a setting (1, P) fitted on crops of its own pair.
 
-    raw (1, N) and target (2, N) aligned whole song; each step takes ``batch_size`` random crops of
-    ``segment_seconds`` (the whole song if shorter) drawn from ``default_rng(seed)``.
+    raw (1, N) and target (2, N) aligned whole song, ``raw_lufs`` its loudness (``SongInfo.raw_lufs``);
+    each step takes ``batch_size`` random crops of ``segment_seconds`` (the whole song if shorter)
+    drawn from ``default_rng(seed)``.
     """
-    from mst_single.loudness import normalize_loudness
+    from mst_single.loudness import song_gain_db
 
-    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None]
-    x, _ = normalize_loudness(x, console.sample_rate, target_lufs)  # whole song, as it is evaluated
+    gain = 10.0 ** (song_gain_db(raw_lufs, target_lufs) / 20.0)
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None] * gain  # as it is evaluated
     y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
     n = x.shape[-1]
     crop = min(n, int(round(segment_seconds * console.sample_rate)))

@@ -23,7 +23,7 @@ import torch
 
 from mst_single.audio import (AUDIO_SUFFIXES, SongInfo, SongPair, estimate_lag, find_pairs,  # noqa: F401 (API)
                               index_pairs, index_songs, lag_search, load_aligned, load_audio, prepare_song,
-                              read_segment)
+                              read_segment, song_loudness)
 from mst_single.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -126,8 +126,10 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
     """Aligned (raw, mixed, reference) segments of the songs of one split, read from disk per item.
 
     Item: dict(raw=(1, T) float32 tensor, mixed=(2, T) aligned with raw, reference=(2, T) mixed
-    vocal used as reference, song=str, start=int (samples, aligned timeline), reference_song=str,
-    reference_start=int), T = round(segment_seconds * sample_rate).
+    vocal used as reference, raw_lufs=() float32 tensor (integrated loudness of the whole raw song,
+    LUFS: the model normalises every segment of a song by the same gain, as `mix` does), song=str,
+    start=int (samples, aligned timeline), reference_song=str, reference_start=int),
+    T = round(segment_seconds * sample_rate).
 
     Segments whose raw RMS is below `silence_threshold_db` (dBFS) are never used. Training
     (`split="train"`): each index gives a random song/position (uniform over non-silent positions)
@@ -171,6 +173,7 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
         # per song: hop indices where a segment may start (non-silent), and the eval grid
         self.songs, self.cands, grid, dropped = [], [], [], []
         for s in songs:
+            song_loudness(s)  # measured at analysis time; only hand-built SongInfos are measured here
             cands, g = self._positions(s)
             if len(cands) == 0:
                 dropped.append(s.name)
@@ -263,7 +266,9 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
         mixed = self._read(i, start, "mixed")
         reference = mixed.copy() if (ri, rstart) == (i, start) else self._read(ri, rstart, "mixed")
         return dict(raw=torch.from_numpy(self._read(i, start, "raw")), mixed=torch.from_numpy(mixed),
-                    reference=torch.from_numpy(reference), song=self.songs[i].name, start=int(start),
+                    reference=torch.from_numpy(reference),
+                    raw_lufs=torch.tensor(self.songs[i].raw_lufs, dtype=torch.float32),
+                    song=self.songs[i].name, start=int(start),
                     reference_song=self.songs[ri].name, reference_start=int(rstart))
 
 

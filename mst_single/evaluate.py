@@ -10,8 +10,10 @@ Protocol (the same for every variant and baseline of an ablation):
    reference policy, deterministically), and the song's setting is the per-parameter median of
    those predictions in the console's [0, 1] space (as ``mix`` combines its segments). A baseline
    gives its own setting.
-3. The raw song is loudness-normalised to ``target_lufs`` as a whole and run through the console in
-   one go (chunked through the console's streamer beyond ``STREAM_SECONDS``).
+3. The raw song is loudness-normalised to ``target_lufs`` as a whole (the gain of
+   ``loudness.song_gain_db`` from the song's ``raw_lufs``: the same gain its segments got in step 2,
+   in training, and in ``mix``) and run through the console in one go (chunked through the
+   console's streamer beyond ``STREAM_SECONDS``).
 4. The whole output is scored against the whole aligned mixed song with ``metrics.all_metrics``,
    plus the parameter error against ``truth.json`` where the data has one.
 
@@ -92,6 +94,12 @@ class TestSet:
                                          split_seed=self.split_seed, silence_threshold_db=self.silence_threshold_db,
                                          songs=self.songs)
 
+    def raw_lufs(self, name: str) -> float:
+        """The song's whole-raw loudness (LUFS) that sets its normalisation gain."""
+        from mst_single.data import song_loudness
+
+        return song_loudness(next(s for s in self.songs if s.name == name))
+
     def truth_params(self, name: str) -> dict:
         return (self.truth.get("songs", {}).get(name) or {}).get("params") or {}
 
@@ -103,16 +111,17 @@ def read_truth(root: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- mixing
-def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor) -> np.ndarray:
+def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_lufs: float) -> np.ndarray:
     """Whole raw song (1, N) -> console output (2, N) float32 with setting p (1, P) in [0, 1].
 
-    The raw song is normalised to ``target_lufs`` as a whole (as the model saw its input in training).
+    The raw song is scaled by ``song_gain_db(raw_lufs, target_lufs)`` (its whole-song normalisation,
+    as the model saw its segments in training and as ``mix`` applies it).
     """
-    from mst_single.loudness import normalize_loudness
+    from mst_single.loudness import song_gain_db
 
-    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None]
+    gain = 10.0 ** (song_gain_db(raw_lufs, target_lufs) / 20.0)
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None] * gain
     with torch.no_grad():
-        x, _ = normalize_loudness(x, console.sample_rate, target_lufs)
         p = p.detach().float().reshape(1, -1)
         if x.shape[-1] <= STREAM_SECONDS * console.sample_rate:
             return console(x, p)[0].numpy()
@@ -142,7 +151,7 @@ def predict_song_params(model, dataset, name: str, batch_size: int = 8) -> torch
         items = [dataset[i] for i in idx[k:k + batch_size]]
         raw = torch.stack([it["raw"] for it in items])
         ref = torch.stack([it["reference"] for it in items]) if model.needs_reference else None
-        preds.append(model.predict_params(raw, ref).float())
+        preds.append(model.predict_params(raw, ref, torch.stack([it["raw_lufs"] for it in items])).float())
     return torch.cat(preds).median(0, keepdim=True).values
 
 
@@ -202,7 +211,7 @@ def evaluate_identity(testset: TestSet, keep_audio: bool = True) -> list[SongRes
 
 
 def _result(console, target_lufs, testset, name, p, raw, target, keep_audio) -> SongResult:
-    out = mix_song(console, target_lufs, raw, p)
+    out = mix_song(console, target_lufs, raw, p, testset.raw_lufs(name))
     units = _units(console, p)
     m = score(out, target, testset.sample_rate, units, testset.truth_params(name), console.specs)
     return SongResult(name, m, units, out if keep_audio else None)

@@ -138,17 +138,39 @@ def loudness_torch(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
         return _gate(seg, num_blocks, sample_rate).float()
 
 
+MAX_GAIN_DB = 30.0  # input normalisation never applies more than this (a near-silent take stays quiet)
+
+
+def song_gain_db(lufs: float, target_lufs: float, max_gain_db: float = MAX_GAIN_DB) -> float:
+    """The input normalisation gain (dB) of a song whose raw vocal measures ``lufs`` (LUFS).
+
+    ``target_lufs - lufs`` clamped to +-``max_gain_db``; 0 dB for silence (-70 LUFS). Training
+    (per song, from ``SongInfo.raw_lufs``), evaluation, the baselines and ``mix`` all normalise
+    with this gain of the *whole song*, so a segment of a quiet verse keeps its level relative to
+    the chorus and the gain/threshold parameters mean the same thing everywhere.
+    """
+    lufs = float(lufs)
+    if not lufs > SILENCE_LUFS:
+        return 0.0
+    return float(np.clip(float(target_lufs) - lufs, -max_gain_db, max_gain_db))
+
+
 def normalize_loudness(
-    x: torch.Tensor, sample_rate: int, target_lufs: float, max_gain_db: float = 30.0
+    x: torch.Tensor, sample_rate: int, target_lufs: float, max_gain_db: float = MAX_GAIN_DB,
+    lufs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale each item of ``x`` (batch, channels, samples) to ``target_lufs``.
 
+    ``lufs`` (batch,): the loudness to normalise from, e.g. each item's whole-song loudness
+    (``SongInfo.raw_lufs``, see :func:`song_gain_db`); None measures each item of ``x`` itself.
     Returns ``(x_norm, gain_db)`` with gain_db (batch,) in dB, clamped to +-``max_gain_db``. Items
     that read as silence (-70 LUFS: nothing above the absolute gate) get 0 dB, so a silent or
     near-silent segment is never blown up into noise. The gain is a constant (no gradient through
     the measurement); gradients flow through ``x`` linearly.
     """
-    lufs = loudness_torch(x, sample_rate).to(x.device)
+    if lufs is None:
+        lufs = loudness_torch(x, sample_rate)
+    lufs = torch.as_tensor(lufs, dtype=torch.float32).reshape(-1).to(x.device)
     gain_db = (float(target_lufs) - lufs).clamp(-max_gain_db, max_gain_db)
     gain_db = torch.where(lufs > SILENCE_LUFS, gain_db, torch.zeros_like(gain_db))
     gain = torch.pow(10.0, gain_db / 20.0).to(x.dtype)

@@ -4,7 +4,8 @@
 2. First streaming pass over RAW (any length, rate, mono or stereo -> mono mean downmix):
    integrated loudness (BS.1770, `loudness.StreamingLoudness`) and a 100 ms energy envelope.
 3. Parameters: up to `max_segments` non-silent segments of `segment_seconds`, evenly spaced across
-   the song, are read at the model's rate, loudness-normalised like in training, and the network
+   the song, are read at the model's rate, scaled by the whole file's normalisation gain (as in
+   training, where every segment of a song gets its song's gain), and the network
    predicts one setting per segment (Approach 1: each paired with a segment of the reference,
    chosen the same way). The settings are combined by the per-parameter **median in the
    normalised [0, 1] space**: robust to a few outlier segments (a breath, a shout), and in that
@@ -360,7 +361,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 ref_segs, raw_segs = ref_segs[..., :n], raw_segs[..., :n]
 
         with torch.no_grad():
-            per_seg = model.predict_params(raw_segs, ref_segs).float()
+            # every segment by the whole file's gain, as in training (SongInfo.raw_lufs is this measurement)
+            per_seg = model.predict_params(raw_segs, ref_segs,
+                                           raw_lufs=torch.full((raw_segs.shape[0],), ana["lufs"])).float()
         if not torch.isfinite(per_seg).all():
             raise MstError("the model predicted NaN/Inf parameters for this input", ckpt,
                            "check the checkpoint (was its training stable?) and the input file")
@@ -372,9 +375,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         console = VocalConsole(sr_in, model.console.stages)
         p_in = console.normalize({k: v for k, v in units.items()})
         lufs = ana["lufs"]
-        from mst_single.loudness import SILENCE_LUFS
+        from mst_single.loudness import song_gain_db
 
-        gain_db = 0.0 if lufs <= SILENCE_LUFS else float(np.clip(model.target_lufs - lufs, -30.0, 30.0))
+        gain_db = song_gain_db(lufs, model.target_lufs)
         gain = 10 ** (gain_db / 20)
         streamer = console.streamer(p_in)
         import soundfile as sf

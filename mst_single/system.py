@@ -12,7 +12,10 @@ Why normalise the raw input: raw vocals arrive at arbitrary recording levels. Br
 to `target_lufs` (integrated loudness, BS.1770) before the network *and* the console gives the
 gain, threshold and makeup parameters a fixed meaning ("-18 dB threshold" is relative to a -23 LUFS
 vocal, whatever the recording level was), and makes the network's job level-independent. The
-mixed target is not normalised: its level is part of the style to learn (output gain).
+gain is that of the *whole song* (`raw_lufs`, measured once by the data layer; `mix` and the
+evaluation measure the whole file the same way, `loudness.song_gain_db`): a quiet verse stays
+quieter than the chorus, exactly as the console will see it when the song is mixed. The mixed
+target is not normalised: its level is part of the style to learn (output gain).
 """
 from __future__ import annotations
 
@@ -101,9 +104,13 @@ class VocalMST(pl.LightningModule):
         return list(self.console.param_names)
 
     # -- inference ---------------------------------------------------------------------------
-    def normalize_input(self, raw: torch.Tensor) -> torch.Tensor:
-        """raw `(batch, 1, samples)` -> the same at `target_lufs` (silence is left as it is)."""
-        x, _ = normalize_loudness(raw, self.sample_rate, self.target_lufs)
+    def normalize_input(self, raw: torch.Tensor, raw_lufs: torch.Tensor | None = None) -> torch.Tensor:
+        """raw `(batch, 1, samples)` -> the same scaled by `target_lufs - raw_lufs` (dB).
+
+        `raw_lufs` `(batch,)`: the whole song's loudness (LUFS) of each item, as training, `mix` and
+        the evaluation use; None measures each segment itself (only for ad-hoc audio without a song).
+        """
+        x, _ = normalize_loudness(raw, self.sample_rate, self.target_lufs, lufs=raw_lufs)
         return x
 
     def _reference(self, reference: torch.Tensor | None) -> torch.Tensor | None:
@@ -117,22 +124,23 @@ class VocalMST(pl.LightningModule):
     def _predict(self, x: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         return self.controller(x, self._reference(reference))
 
-    def predict_params(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
-        """raw `(batch, 1, samples)` (any level; normalised here), reference `(batch, 2, samples)` or
-        None (approach2 ignores it) -> parameters `(batch, num_params)` in [0, 1]."""
-        return self._predict(self.normalize_input(raw), reference)
+    def predict_params(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
+                       raw_lufs: torch.Tensor | None = None) -> torch.Tensor:
+        """raw `(batch, 1, samples)` (any level; normalised here, see `normalize_input`), reference
+        `(batch, 2, samples)` or None (approach2 ignores it) -> parameters `(batch, num_params)` in [0, 1]."""
+        return self._predict(self.normalize_input(raw, raw_lufs), reference)
 
-    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None):
+    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None, raw_lufs: torch.Tensor | None = None):
         """raw `(batch, 1, samples)` -> (output `(batch, 2, samples)`, params `(batch, num_params)`)."""
-        x = self.normalize_input(raw)
+        x = self.normalize_input(raw, raw_lufs)
         p = self._predict(x, reference)
         return self.console(x, p), p
 
     def mix_segment(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
-                    params: torch.Tensor | None = None) -> torch.Tensor:
+                    params: torch.Tensor | None = None, raw_lufs: torch.Tensor | None = None) -> torch.Tensor:
         """Mix a short segment `(batch, 1, samples)` -> `(batch, 2, samples)`; with `params`
         `(batch, num_params)` in [0, 1] the network is skipped (e.g. a preset or fitted setting)."""
-        x = self.normalize_input(raw)
+        x = self.normalize_input(raw, raw_lufs)
         p = self._predict(x, reference) if params is None else params.to(x)
         return self.console(x, p)
 
@@ -153,7 +161,7 @@ class VocalMST(pl.LightningModule):
         for name, t in (("raw", raw), ("mixed", target), ("reference", reference)):
             if t is not None and not torch.isfinite(t).all():
                 self._non_finite(f"{stage} batch: the {name} audio holds NaN/Inf samples")
-        x = self.normalize_input(raw)
+        x = self.normalize_input(raw, batch.get("raw_lufs"))
         p = self._predict(x, reference)
         if not torch.isfinite(p).all():
             self._non_finite(f"{stage}: the network predicted NaN/Inf parameters")

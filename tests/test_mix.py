@@ -209,3 +209,55 @@ def test_choose_segments_even_non_overlapping_and_skips_silence(tmp_path):
     assert choose_segments(env, hop, 30 * hop, 50 * hop, 4, "x") == [0]  # shorter than a segment
     with pytest.raises(MstError, match="silent"):
         choose_segments(np.full(100, -150.0), hop, 100 * hop, 10 * hop, 4, "x")
+
+
+def test_one_loudness_normalisation_for_training_mix_and_evaluation(ckpts, tmp_path):
+    """A quiet verse then a loud chorus (+20 dB): the training segments of either part, `mix` and the
+    evaluation all scale the raw by the same whole-song gain; per-segment normalisation (the old
+    training behaviour) would have given the verse ~20 dB more gain than the chorus."""
+    from conftest import process_mix, synth_vocal
+
+    from mst_single.data import VocalReferenceDataset, index_songs
+    from mst_single.evaluate import TestSet, load_model as eval_load_model, mix_song
+    from mst_single.loudness import loudness_torch, song_gain_db
+
+    root = tmp_path / "data"
+    verse, chorus = synth_vocal(4.0, SR, seed=1, level=0.02), synth_vocal(4.0, SR, seed=2, level=0.2)
+    raw = np.concatenate([verse, chorus])
+    raw_path, _ = write_pair_(root, "song", raw, process_mix(raw, SR, 0.01))
+    (info,) = index_songs(root, SR)
+    model = eval_load_model(ckpts["approach2"])
+    gain = song_gain_db(info.raw_lufs, model.target_lufs)
+
+    # training: every segment of the song carries the song's loudness, so both get `gain`
+    ds = VocalReferenceDataset(split="test", sample_rate=SR, segment_seconds=1.0, songs=[info])
+    items = [ds[k] for k in range(len(ds))]
+    verse_item = next(it for it in items if it["start"] < 3 * SR)
+    chorus_item = next(it for it in items if it["start"] >= 5 * SR)
+    for it in (verse_item, chorus_item):
+        assert float(it["raw_lufs"]) == pytest.approx(info.raw_lufs)
+        x = model.normalize_input(it["raw"][None], it["raw_lufs"][None])
+        assert torch.allclose(x, it["raw"][None] * 10 ** (gain / 20), rtol=1e-5, atol=1e-8)
+    own = [float(loudness_torch(it["raw"][None], SR)) for it in (verse_item, chorus_item)]
+    assert own[1] - own[0] > 15  # what per-segment normalisation would have equalised
+
+    # mix: the whole file's gain, measured the same way
+    report = mix_file(raw_path, tmp_path / "out.wav", ckpts["approach2"])
+    assert report["normalization_gain_db"] == pytest.approx(gain, abs=1e-3)
+
+    # evaluation: the test set's song gain, and mix_song scales the raw by exactly that
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"test": ["song"]}))
+    testset = TestSet(root, sample_rate=SR, split_file=str(split))
+    assert song_gain_db(testset.raw_lufs("song"), model.target_lufs) == pytest.approx(gain, abs=1e-6)
+    from mst_single.console import VocalConsole
+
+    dry = VocalConsole(SR, {k: k == "gain" for k in model.console.stages})  # input gain at its 0 dB default
+    out = mix_song(dry, model.target_lufs, raw[None], dry.default_params(1), testset.raw_lufs("song"))
+    assert out[0] == pytest.approx(raw * 10 ** (gain / 20), rel=1e-4, abs=1e-6)
+
+
+def write_pair_(root: Path, name: str, raw: np.ndarray, mixed: np.ndarray):
+    from conftest import write_pair
+
+    return write_pair(root, name, raw, mixed, SR)
