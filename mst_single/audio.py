@@ -552,9 +552,8 @@ def index_songs(root: str | os.PathLike, sample_rate: int = 48000, max_lag_secon
     so a second run or another split does not re-read the audio. Nothing is written next to the
     data. All unusable songs are reported together in one DataError.
     """
-    from tqdm import tqdm
-
     from mst_single.fileio import write_json
+    from mst_single.progress import progress as progress_bar
 
     pairs = index_pairs(root, allow_unmatched)
     cache_path = Path(cache_dir) / "alignment.json" if cache_dir else None
@@ -565,7 +564,7 @@ def index_songs(root: str | os.PathLike, sample_rate: int = 48000, max_lag_secon
         except (ValueError, KeyError, OSError):
             disk = {}  # a damaged cache is rebuilt, not an error
     songs, errors, changed = [], [], False
-    bar = tqdm(pairs, desc="analysing songs", unit="song", disable=not progress or len(pairs) < 8, leave=False)
+    bar = progress_bar(pairs, desc="analysing songs", unit="songs", enabled=progress and len(pairs) >= 8, leave=False)
     for pair in bar:
         key = _cache_key(pair, sample_rate, max_lag_seconds)
         if key not in _MEMO and key in disk:

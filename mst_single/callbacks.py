@@ -9,6 +9,8 @@
 - `RunCheckpoint`: `last.ckpt` is the latest state after every epoch (see its docstring).
 - `AtomicCheckpointIO`: checkpoints written through `mst_single.fileio.atomic_path` (fsync, rename),
   so a `kill -9` never leaves a truncated `last.ckpt`.
+- `LineProgressCallback`: training progress as one line at a time (step/total, loss, elapsed, ETA),
+  used instead of Lightning's progress bar when the output is not a terminal (see `mst_single.train`).
 """
 from __future__ import annotations
 
@@ -151,6 +153,66 @@ class ResumeCallback(pl.Callback):
         for lg in trainer.loggers:
             if isinstance(lg, RunCSVLogger):
                 lg.experiment.truncate_after(step)
+
+
+# ----------------------------------------------------------------------------------------------
+# progress
+
+class LineProgressCallback(pl.Callback):
+    """Training progress as plain lines (``mst_single.progress.LineProgress``), for logs:
+
+        fit: 30/300 steps (10%), loss 0.1234, 0:45 elapsed, ETA 6:45
+        validation after step 60: val/loss 0.1187
+
+    A line every ``every_n_steps`` steps (default: a tenth of the run) or ``every_seconds``, whichever
+    comes first, one per validation, and one at the end.
+    """
+
+    def __init__(self, every_seconds: float = 30.0, every_n_steps: int | None = None):
+        self.every_seconds, self.every_n_steps = every_seconds, every_n_steps
+        self.bar = None
+
+    @staticmethod
+    def _total(trainer: pl.Trainer) -> int | None:
+        if trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        per_epoch = trainer.num_training_batches
+        if trainer.max_epochs and trainer.max_epochs > 0 and per_epoch and per_epoch != float("inf"):
+            return int(trainer.max_epochs * per_epoch)
+        return None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        from mst_single.progress import LineProgress
+
+        if not trainer.is_global_zero:
+            return
+        total = self._total(trainer)
+        every_n = self.every_n_steps or (max(1, total // 10) if total else None)
+        self.bar = LineProgress(total=total, desc="fit", unit="steps", every_seconds=self.every_seconds,
+                                every_n=every_n)
+        self.bar.n = self.bar._last_n = float(trainer.global_step)  # a resumed run starts where it stopped
+        self.bar.write(f"fit: training from step {trainer.global_step}" + (f" to {total}" if total else ""))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.bar is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self.bar.set_postfix(loss=f"{float(loss):.4f}")
+        self.bar.update(trainer.global_step - self.bar.n)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.bar is None or trainer.sanity_checking:
+            return
+        vals = {k: float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith("val/") and k.count("/") == 1 and isinstance(v, torch.Tensor) and v.numel() == 1}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())[:4])
+        self.bar.write(f"validation after step {trainer.global_step}: {shown or 'done'}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ----------------------------------------------------------------------------------------------

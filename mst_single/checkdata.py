@@ -65,7 +65,7 @@ def _num(x: float, fmt: str) -> str:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
+    from mst_single.progress import progress
 
     pairs, only_raw, only_mixed = find_pairs(args.data)
     level = "warning" if args.allow_unmatched else "error"
@@ -77,7 +77,7 @@ def run(args) -> int:
     head = ("song", "dur s", "raw Hz", "mix Hz", "raw ch", "mix ch", "lag ms", "raw LUFS", "mix LUFS",
             "raw pk dBFS", "mix pk dBFS")
     rows, usable = [], 0
-    bar = tqdm(pairs, desc="checking songs", unit="song", file=sys.stderr, disable=len(pairs) < 8, leave=False)
+    bar = progress(pairs, desc="checking songs", unit="songs", file=sys.stderr, enabled=len(pairs) >= 8, leave=False)
     for pair in bar:
         try:
             info = prepare_song(pair, args.sample_rate, args.max_lag_seconds, stats=True)

@@ -280,13 +280,14 @@ def mixsheet(report: dict) -> str:
 # the mix
 
 class _Progress:
-    """tqdm in seconds of audio processed (both passes); float rounding never overshoots the total."""
+    """Progress in seconds of audio processed (both passes; a bar on a terminal, lines otherwise);
+    float rounding never overshoots the total."""
 
     def __init__(self, total: float, desc: str, enabled: bool):
-        from tqdm import tqdm
+        from mst_single.progress import progress
 
-        self.bar = tqdm(total=total, desc=desc, disable=not enabled, unit="s",
-                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+        self.bar = progress(total=total, desc=desc, enabled=enabled, unit="s audio",
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
 
     def update(self, seconds: float) -> None:
         self.bar.update(max(0.0, min(seconds, self.bar.total - self.bar.n)))

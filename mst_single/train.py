@@ -21,6 +21,9 @@ Run folder (`--runs_dir`, default `runs/`; `--run_name`, default `$MST_RUN_NAME`
         wandb/                 W&B run, offline unless WANDB_MODE=online
         validate/, test/       the same logs for `validate` / `test` runs of this run's checkpoints
 
+Progress: Lightning's progress bar only on a terminal; otherwise (a log file, `ablate`'s runs, CI)
+one line at a time (`callbacks.LineProgressCallback`: step/total, loss, elapsed, ETA).
+
 Resuming: `fit ... --ckpt_path last` continues the run named by `--run_name`; without a run name it
 continues the newest `runs/<approach>-*` folder holding `checkpoints/last.ckpt` (and says which).
 `validate`/`test` with `--ckpt_path runs/NAME/checkpoints/X.ckpt` log into `runs/NAME/<subcommand>/`
@@ -165,7 +168,9 @@ def _cli_classes():
     from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
     from mst_single import fileio, provenance
-    from mst_single.callbacks import AtomicCheckpointIO, ExamplesCallback, ResumeCallback, RunCheckpoint, RunCSVLogger
+    from mst_single.callbacks import (AtomicCheckpointIO, ExamplesCallback, LineProgressCallback, ResumeCallback,
+                                      RunCheckpoint, RunCSVLogger)
+    from mst_single.progress import on_terminal
     from mst_single.system import find_wandb_logger
 
     class RunConfigCallback(SaveConfigCallback):
@@ -237,6 +242,10 @@ def _cli_classes():
             plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
             trainer_config["plugins"] = plugins + [AtomicCheckpointIO()]
             callbacks = [self._get(self.config_init, k) for k in self._parser(self.subcommand).callback_keys]
+            # a progress bar only on a terminal; in a log file (ablate, CI, nohup) one line at a time
+            if not (trainer_config.get("enable_progress_bar", True) and on_terminal()):
+                trainer_config["enable_progress_bar"] = False
+                callbacks.append(LineProgressCallback())
             callbacks += [
                 RunCheckpoint(dirpath=str(self.run_dir / "checkpoints"),
                                 filename="best-epoch{epoch:03d}-step{step:06d}-val{val/loss:.4f}",
