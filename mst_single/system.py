@@ -31,9 +31,7 @@ from mst_single.console import VocalConsole
 from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
 from mst_single.loudness import normalize_loudness
-from mst_single.models import build_controller, count_parameters
-
-APPROACHES = ("approach1", "approach2")
+from mst_single.models import APPROACHES, build_controller, count_parameters
 
 
 class VocalMST(pl.LightningModule):
