@@ -280,7 +280,8 @@ def _cli_classes():
                                id=os.environ.get("WANDB_RUN_ID") or _wandb_id(self.log_dir, self.resuming),
                                project=c.get("wandb_project"),
                                group=c.get("wandb_group"), tags=tags + list(c.get("tags") or []),
-                               job_type=self.subcommand, resume="allow" if self.resuming else None)
+                               # ablate gives each unit a fixed id: a rerun resumes/replaces that run
+                               job_type=self.subcommand, resume="allow")
 
     return VocalCLI, RunConfigCallback
 
