@@ -1,15 +1,22 @@
-"""`mst-single ablate`: experiment configs, end-to-end run on tiny data, determinism, sweep export."""
+"""`mst-single ablate`: experiment configs, data sets, folds, run ids, baselines, logs, end-to-end on
+tiny data (folds, W&B offline runs, reuse, --check), sweep export."""
 import argparse
 import csv
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from mst_single import ablate
-from mst_single.compare import COLUMNS, reproduction_diff, rows_from_path
 from mst_single.errors import MstError
+from mst_single.experiments import config as C
+from mst_single.experiments import folds as F
+from mst_single.experiments import records as R
+from mst_single.experiments import runner
 from mst_single.metrics import METRIC_UNITS
 from mst_single.provenance import REPO_ROOT
 
@@ -17,7 +24,7 @@ EXPERIMENTS = REPO_ROOT / "experiments"
 TINY = """# mst-single ablate {folder} --budget test
 base: {base}
 question: Does the pipeline run end to end?
-seeds: 1
+data: {data}
 variants:
   approach1:
     configs: [configs/approach1.yaml]
@@ -26,36 +33,48 @@ variants:
     train_fraction: 0.5
 budgets:
   test:
+    seeds: 1
+    folds: 2
     overrides:
       data.sample_rate: 16000
       data.segment_seconds: 1.0
       data.batch_size: 2
       data.train_segments_per_epoch: 4
+      data.val_fraction: 0.2
       trainer.max_epochs: 100
       trainer.max_steps: 4
       trainer.check_val_every_n_epoch: 2
       trainer.limit_val_batches: 1
       trainer.num_sanity_val_steps: 0
       trainer.log_every_n_steps: 1
-      trainer.enable_progress_bar: false
       model.log_audio_every_n_epochs: 0
       model.encoder: {{n_mels: 32, channels: [8, 16], embed_dim: 32}}
       model.hidden: 32
+      model.loss: {{fft_sizes: [1024, 256], hop_sizes: [256, 64], win_lengths: [1024, 256]}}
     baselines:
-      mean_preset: {{steps: 2, batch_size: 2, segment_seconds: 1.0, lr: 0.1}}
-      oracle: {{steps: 2, batch_size: 2, segment_seconds: 1.0, lr: 0.1}}
+      mean_preset: {{max_steps: 6, patience: 2, min_delta: 0.01, batch_size: 2, segment_seconds: 1.0, lr: 0.1}}
+      oracle: {{max_steps: 6, patience: 2, min_delta: 0.01, batch_size: 2, segment_seconds: 1.0, lr: 0.1, restarts: 2}}
 eval:
   report_songs: 1
   report_seconds: 1
-wandb:
-  enabled: false
 """
+# trainer.enable_progress_bar is left at its default (true): not on a terminal, fit must log lines
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    ablate.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
 
 
 def cli(argv):
-    parser = argparse.ArgumentParser()
-    ablate.add_arguments(parser)
-    return ablate.run(parser.parse_args([str(a) for a in argv]))
+    return ablate.run(parse(argv))
+
+
+def write_experiment(folder: Path, data) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(TINY.format(folder=folder, base=EXPERIMENTS / "base.yaml", data=data))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +82,8 @@ def tiny(tmp_path_factory):
     from mst_single.demo import make_demo_data
 
     root = tmp_path_factory.mktemp("ablate")
-    data = make_demo_data(root / "data", songs=5, seconds=3, seed=0, sample_rate=16000)
-    folder = root / "exp-tiny"
-    folder.mkdir()
-    (folder / "config.yaml").write_text(TINY.format(folder=folder, base=EXPERIMENTS / "base.yaml"))
-    return folder, data
+    data = make_demo_data(root / "demo", songs=6, seconds=3, seed=0, sample_rate=16000)
+    return write_experiment(root / "exp-tiny", data), data
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -76,110 +92,463 @@ def test_committed_experiments_load_and_state_their_command(name):
     folder = EXPERIMENTS / name
     first = (folder / "config.yaml").read_text().splitlines()[0]
     assert first.startswith(f"# mst-single ablate experiments/{name}")
-    exp = ablate.load_experiment(folder)
+    exp = C.load_experiment(folder)
     assert exp["command"] == first[2:] and exp["question"] and len(exp["variants"]) >= 2
-    for budget in ("smoke", "full"):
+    for budget in ("smoke", "cpu", "full"):
         for v in exp["variants"]:
-            cfg = ablate.variant_config(exp, v, budget, "data/demo")
+            cfg = C.variant_config(exp, v, budget, "data/demo")
             assert cfg["model"]["approach"] in ("approach1", "approach2")
             assert cfg["data"]["root"] == "data/demo" and cfg["trainer"]["max_steps"] > 0
     assert (folder / "README.md").exists()
 
 
+def test_budgets_cpu_is_44k_with_folds_and_budgets_reach_model_keys():
+    exp = C.load_experiment(EXPERIMENTS / "e01-approach1-vs-approach2")
+    cpu = C.variant_config(exp, "approach2", "cpu", "d")
+    assert cpu["data"]["sample_rate"] == 44100 and cpu["data"]["segment_seconds"] == 2.0
+    assert cpu["data"]["batch_size"] == 8 and cpu["trainer"]["max_steps"] == 300 and cpu["model"]["lr"] == 0.003
+    assert C.folds_of(exp, "cpu") == 3 and C.seeds_of(exp, "cpu") == [0]
+    assert C.folds_of(exp, "smoke") == 0 and C.seeds_of(exp, "smoke") == [0, 1, 2]
+    assert C.folds_of(exp, "cpu", 5) == 5 and C.seeds_of(exp, "cpu", 2) == [0, 1]
+    exp["budgets"]["cpu"]["overrides"]["model.encoder.embed_dim"] = 7
+    assert C.variant_config(exp, "approach2", "cpu", "d")["model"]["encoder"]["embed_dim"] == 7
+    with pytest.raises(MstError, match="--folds 1"):
+        C.folds_of(exp, "cpu", 1)
+    oracle = C.baseline_settings(exp, "cpu")["oracle"]
+    assert oracle["restarts"] >= 2 and oracle["patience"] > 0 and oracle["max_steps"] > oracle["patience"]
+
+
 def test_variant_overrides_go_deep_and_win_over_the_budget():
-    exp = ablate.load_experiment(EXPERIMENTS / "e03-loss")
-    l1 = ablate.variant_config(exp, "l1-only", "smoke", "d")
+    exp = C.load_experiment(EXPERIMENTS / "e03-loss")
+    l1 = C.variant_config(exp, "l1-only", "smoke", "d")
     assert l1["model"]["loss"]["w_sc"] == 0 and l1["model"]["loss"]["w_log_mag"] == 0
     assert l1["model"]["loss"]["fft_sizes"] == [4096, 2048, 1024, 512]  # the rest of the dict is kept
     assert l1["data"]["sample_rate"] == 16000  # budget override
-    e02 = ablate.load_experiment(EXPERIMENTS / "e02-reference-policy")
-    policies = {v: ablate.approach_policy(ablate.variant_config(e02, v, "smoke", "d")) for v in e02["variants"]}
+    e02 = C.load_experiment(EXPERIMENTS / "e02-reference-policy")
+    policies = {v: C.approach_policy(C.variant_config(e02, v, "smoke", "d")) for v in e02["variants"]}
     assert policies == {"train-same": ("approach1", "same"), "train-song": ("approach1", "song"),
                         "train-other": ("approach1", "other")}
-    assert ablate.eval_policies(e02, "approach1") == ["song", "other"]
-    assert ablate.eval_policies(e02, "approach2") == ["-"]
+    assert C.eval_policies(e02, "approach1") == ["other", "song", "shuffled"]
+    assert C.eval_policies(e02, "approach2") == ["-"]
+
+
+def test_data_settings_have_one_definition_with_the_data_modules_defaults():
+    import inspect
+
+    from mst_single.data import VocalDataModule
+
+    defaults = inspect.signature(VocalDataModule.__init__).parameters
+    s = C.data_settings({"root": "x", "sample_rate": 16000, "batch_size": 3})
+    assert set(s) == set(C.DATA_KEYS) and "batch_size" not in s
+    assert s["sample_rate"] == 16000 and s["silence_threshold_db"] == defaults["silence_threshold_db"].default
+    assert C.split_kwargs(s) == dict(seed=0, val_fraction=0.1, test_fraction=0.1, split_file=None)
+    assert set(C.index_kwargs(s)) == {"sample_rate", "max_lag_seconds", "allow_unmatched", "cache_dir"}
 
 
 def test_bad_experiment_configs_are_explained(tmp_path):
     with pytest.raises(MstError, match="no config.yaml"):
-        ablate.load_experiment(tmp_path)
+        C.load_experiment(tmp_path)
     (tmp_path / "config.yaml").write_text("variants: {a: {configs: [configs/approach1.yaml]}}\n")
     with pytest.raises(MstError, match="first line must be the command"):
-        ablate.load_experiment(tmp_path)
-    (tmp_path / "config.yaml").write_text(f"# mst-single ablate {tmp_path}\nbase: {EXPERIMENTS / 'base.yaml'}\n"
-                                          "variants: {a: {configs: [x.yaml], lr: 3}}\n")
+        C.load_experiment(tmp_path)
+    head = f"# mst-single ablate {tmp_path}\nbase: {EXPERIMENTS / 'base.yaml'}\n"
+    (tmp_path / "config.yaml").write_text(head + "variants: {a: {configs: [x.yaml], lr: 3}}\n")
     with pytest.raises(MstError, match="unknown keys: lr"):
-        ablate.load_experiment(tmp_path)
-    (tmp_path / "config.yaml").write_text(f"# mst-single ablate {tmp_path}\nbase: {EXPERIMENTS / 'base.yaml'}\n"
-                                          "variants: {a: {configs: [configs/nope.yaml]}}\n")
-    exp = ablate.load_experiment(tmp_path)
+        C.load_experiment(tmp_path)
+    (tmp_path / "config.yaml").write_text(head + "variants: {oracle: {configs: [x.yaml]}}\n")
+    with pytest.raises(MstError, match="reserved"):
+        C.load_experiment(tmp_path)
+    (tmp_path / "config.yaml").write_text(head + "baselines: [identity, magic]\nvariants: {a: {configs: [x.yaml]}}\n")
+    with pytest.raises(MstError, match="unknown baselines: magic"):
+        C.load_experiment(tmp_path)
+    (tmp_path / "config.yaml").write_text(head + "variants: {a: {configs: [configs/nope.yaml]}}\n")
+    exp = C.load_experiment(tmp_path)
     with pytest.raises(MstError, match="training config not found"):
-        ablate.variant_config(exp, "a", "smoke", "d")
+        C.variant_config(exp, "a", "smoke", "d")
     with pytest.raises(MstError, match="unknown budget 'huge'"):
-        ablate.variant_config(exp, "a", "huge", "d")
+        C.variant_config(exp, "a", "huge", "d")
+    exp["eval"] = {"reference_policies": ["other", "mine"]}
+    with pytest.raises(MstError, match="unknown evaluation reference policies: mine"):
+        C.eval_policies(exp, "approach1")
 
 
-def test_export_sweep_is_a_grid_over_variants_and_seeds_running_the_same_cli(tiny):
-    folder, _ = tiny
-    assert cli([folder, "--budget", "test", "--seeds", "2", "--export-sweep"]) == 0
-    text = (folder / "sweep.yaml").read_text()
-    sweep = yaml.safe_load(text)
-    assert sweep["method"] == "grid" and sweep["name"] == "exp-tiny"
-    assert sweep["parameters"] == {"variant": {"values": ["approach1", "approach2"]}, "seed": {"values": [0, 1]}}
-    assert sweep["command"] == ["mst-single", "ablate", folder.as_posix(), "--budget", "test", "${args}"]
-    # the agent's ${args} become --variant=V --seed=S, which the CLI accepts
-    parser = argparse.ArgumentParser()
-    ablate.add_arguments(parser)
-    args = parser.parse_args([str(folder), "--budget", "test", "--variant=approach2", "--seed=1"])
-    assert (args.variant, args.seed) == ("approach2", 1)
+def test_data_sets_from_a_folder_a_list_a_mapping_or_the_command_line(tmp_path):
+    exp = {"folder": str(tmp_path), "variants": {"a": {"configs": ["c"], "data": ["adaptive"]}}}
+    exp["data"] = {"adaptive": "d/demo-adaptive", "per-song": {"folder": "d/ps", "build": "make ps"}}
+    sets = C.data_sets(exp)
+    assert list(sets) == ["adaptive", "per-song"] and sets["per-song"]["folder"] == Path("d/ps")
+    assert sets["per-song"]["build"] == "make ps" and "mst-single demo-data d/demo-adaptive" == sets["adaptive"]["build"]
+    assert C.variant_data(exp, "a", list(sets)) == ["adaptive"]
+    assert list(C.data_sets({"folder": ".", "data": ["x/one", "y/two"]})) == ["one", "two"]
+    assert list(C.data_sets({"folder": ".", "data": "x/demo"})) == ["demo"]
+    assert {k: v["folder"] for k, v in C.data_sets(exp, ["adaptive=/a", "/b/per-song"]).items()} == {
+        "adaptive": Path("/a"), "per-song": Path("/b/per-song")}
+    exp["variants"]["a"]["data"] = ["nope"]
+    with pytest.raises(MstError, match="does not have: nope"):
+        C.data_sets(exp)
+
+
+def test_a_missing_data_folder_names_the_folder_and_the_command_that_builds_it(tmp_path):
+    folder = write_experiment(tmp_path / "exp", "")
+    text = (folder / "config.yaml").read_text().replace("data: \n", "data:\n  demo-adaptive: {folder: "
+                                                        f"{tmp_path}/nowhere, build: mst-single demo-data X --style adaptive}}\n")
+    (folder / "config.yaml").write_text(text)
+    with pytest.raises(MstError) as e:
+        runner.make_plan(parse([folder, "--budget", "test"]))
+    assert "demo-adaptive" in str(e.value) and "nowhere" in str(e.value)
+    assert "mst-single demo-data X --style adaptive" in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------- folds
+NAMES = [f"take{i:03d}" for i in range(60)]
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_folds_test_every_song_once_and_never_train_on_a_test_song(k):
+    settings = C.data_settings({"root": "x", "val_fraction": 0.1})
+    splits = F.splits(NAMES, settings, k)
+    assert len(splits) == k  # 60 songs: no fold is empty
+    tested = [n for s in splits.values() for n in s["test"]]
+    assert sorted(tested) == sorted(NAMES)  # every song a test song exactly once
+    for f, s in splits.items():
+        train, val, test = set(s["train"]), set(s["val"]), set(s["test"])
+        assert not (train & test) and not (val & test) and not (train & val)
+        assert train | val | test == set(NAMES) and val and train
+        assert all(F.fold_of(n, k) == f for n in test)
+    # hash-assigned: adding songs moves no one
+    more = F.splits(NAMES + [f"new{i}" for i in range(20)], settings, k)
+    assert all(set(splits[f]["test"]) <= set(more[f]["test"]) for f in splits)
+    assert F.splits(NAMES, dict(settings, split_seed=1), k)[0]["test"] != splits[0]["test"]
+
+
+def test_without_folds_the_hash_split_is_fold_0_and_folds_refuse_a_split_file():
+    from types import SimpleNamespace
+
+    from mst_single.data import split_songs
+
+    settings = C.data_settings({"root": "x"})
+    (only,) = F.splits(NAMES, settings, 0).items()
+    expected = split_songs([SimpleNamespace(name=n) for n in NAMES], 0, 0.1, 0.1)
+    assert only[0] == 0 and only[1] == {k: [p.name for p in v] for k, v in expected.items()}
+    with pytest.raises(MstError, match="folds and data.split_file"):
+        F.splits(NAMES, dict(settings, split_file="s.json"), 3)
+
+
+def test_a_training_subset_keeps_val_and_test_and_nests(make_data, tmp_path):
+    root = make_data(songs=8, seconds=1.5)
+    split = F.fold_split(F.song_names(root), 0, 2, 0, 0.2)
+    small, sub_small = F.train_subset(root, split, 0.25, tmp_path / "s")
+    big, sub_big = F.train_subset(root, split, 0.75, tmp_path / "b")
+    assert sub_small["test"] == split["test"] and sub_small["val"] == split["val"]
+    assert set(sub_small["train"]) < set(sub_big["train"]) <= set(split["train"])
+    assert sorted(p.stem for p in (small / "raw").iterdir()) == sorted(sum(sub_small.values(), []))
+
+
+# ----------------------------------------------------------------------------------------------- run ids
+def test_run_ids_are_deterministic_and_differ_per_unit():
+    key = ("e01", "cpu", "demo-adaptive", "approach1", 2, 0)
+    rid = R.run_id(*key)
+    assert rid == R.run_id(*key) and len(rid) == 16 and rid.isalnum()
+    others = {R.run_id(*key[:i], v, *key[i + 1:]) for i, v in enumerate(("e02", "smoke", "demo", "approach2", 1, 1))}
+    assert len(others | {rid}) == 7
+
+
+def test_the_plan_gives_each_unit_its_split_file_run_id_and_wandb_keys(tiny, tmp_path):
+    folder, data = tiny
+    other = tmp_path / "second"
+    import shutil
+
+    shutil.copytree(data, other)
+    exp_dir = write_experiment(tmp_path / "exp-two", "")
+    text = (exp_dir / "config.yaml").read_text().replace("data: \n", f"data: {{first: {data}, second: {other}}}\n")
+    text = text.replace("    train_fraction: 0.5\n", "    train_fraction: 0.5\n    data: [second]\n")
+    (exp_dir / "config.yaml").write_text(text)
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test", "--seeds", "2"]))
+    keys = [(u.variant, u.data, u.fold, u.seed) for u in plan.units]
+    assert keys == [("approach1", d, f, s) for d in ("first", "second") for f in (0, 1) for s in (0, 1)] + [
+        ("approach2", "second", f, s) for f in (0, 1) for s in (0, 1)]
+    assert plan.out == exp_dir / "results" / "test" and plan.group == "exp-two/test"
+    u = plan.units[-1]
+    assert u.run_id == R.run_id("exp-two", "test", "second", "approach2", 1, 1)
+    assert u.run_dir == plan.out / "runs" / "approach2-second-f1-s1"
+    assert u.config["seed_everything"] == 1 and u.config["wandb_group"] == "exp-two/test"
+    assert {"budget-test", "data-second", "variant-approach2", "fold-1", "seed-1"} <= set(u.config["tags"])
+    runner.prepare_data(plan)
+    assert json.loads(Path(u.eval_data["split_file"]).read_text()) == plan.splits["second"][1]
+    sub = json.loads(Path(u.config["data"]["split_file"]).read_text())  # the training subset's own split
+    assert sub["test"] == plan.splits["second"][1]["test"] and set(sub["train"]) <= set(plan.splits["second"][1]["train"])
+    assert Path(u.config["data"]["root"]).parent.name == "second"  # runs/_data/second/fold1-train-0.5
+    # a unit's spec hash does not depend on when it was planned; a changed setting changes it
+    again = runner.make_plan(parse([exp_dir, "--budget", "test", "--seeds", "2"]))
+    assert [x.spec["hash"] for x in again.units] == [x.spec["hash"] for x in plan.units]
+    assert runner.make_plan(parse([exp_dir, "--budget", "test", "--folds", "3"])).units[0].spec["hash"] != \
+        plan.units[0].spec["hash"]
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def test_derangement_has_no_fixed_point_and_is_seeded():
+    from mst_single.experiments.evaluate import derangement
+
+    for n in (2, 3, 7, 20):
+        perm = derangement(n, 0)
+        assert sorted(perm) == list(range(n)) and all(p != i for i, p in enumerate(perm))
+    assert derangement(9, 0) == derangement(9, 0) and derangement(9, 0) != derangement(9, 1)
+
+
+def test_shuffled_and_song_alt_references(make_data):
+    from mst_single.experiments.evaluate import TestSet, derangement
+
+    root = make_data(songs=5, seconds=6.0)
+    ts = TestSet(root, sample_rate=16000, segment_seconds=1.0, test_fraction=0.99, val_fraction=0.0)
+    assert len(ts.names) >= 4
+    song, alt, shuffled = ts.segments("song"), ts.segments("song-alt"), ts.segments("shuffled")
+    partner = derangement(len(shuffled.songs), shuffled.seed)
+    for k in range(len(song)):
+        a, b, c = song[k], alt[k], shuffled[k]
+        assert a["song"] == b["song"] == c["song"] and a["start"] == b["start"]
+        assert a["reference_song"] == b["reference_song"] == a["song"]  # both the song's own mix
+        assert abs(b["reference_start"] - a["reference_start"]) >= song.segment  # a different section
+        assert abs(b["reference_start"] - b["start"]) >= song.segment
+        i = [s.name for s in shuffled.songs].index(c["song"])
+        assert c["reference_song"] == shuffled.songs[partner[i]].name != c["song"]  # one fixed other song
+
+
+def test_identity_has_the_models_input_normalisation_not_the_targets_loudness(make_data):
+    from mst_single.experiments.evaluate import TestSet, evaluate_identity
+    from mst_single.loudness import integrated_loudness, song_gain_db
+
+    root = make_data(songs=3, seconds=3.0)
+    ts = TestSet(root, sample_rate=16000, segment_seconds=1.0, test_fraction=0.99, val_fraction=0.0)
+    ident = {r.song: r for r in evaluate_identity(ts, -23.0)}
+    matched = {r.song: r for r in evaluate_identity(ts, -23.0, level_matched=True)}
+    for name in ts.names:
+        raw, target = ts.audio(name)
+        gain = 10 ** (song_gain_db(ts.raw_lufs(name), -23.0) / 20)
+        np.testing.assert_allclose(ident[name].output, np.repeat(raw, 2, 0) * gain, rtol=1e-6, atol=1e-7)
+        # identity pays for the level it has; the level-matched variant is given the target's
+        assert abs(integrated_loudness(ident[name].output, 16000) - integrated_loudness(target, 16000)) == \
+            pytest.approx(ident[name].metrics["lufs_err"], abs=1e-3)
+        assert matched[name].metrics["lufs_err"] < 0.05
+        assert not ident[name].setting and not ident[name].params
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+SMALL_LOSS = dict(fft_sizes=[512, 128], hop_sizes=[128, 32], win_lengths=[512, 128])
+
+
+def _toy_problem(seed=0):
+    from conftest import synth_vocal
+
+    from mst_single.console import VocalConsole
+
+    console = VocalConsole(16000, {"reverb": False, "compressor": False})
+    raw = torch.from_numpy(synth_vocal(0.5, 16000, seed=seed))[None, None]
+    true = console.default_params(1).clone()
+    true[0, 0] = 0.8  # the input gain: a clear, learnable offset
+    with torch.no_grad():
+        target = console(raw, true)
+    return console, raw, target
+
+
+def test_fit_setting_stops_when_converged_and_reports_the_steps():
+    from mst_single.experiments.baselines import fit_setting
+    from mst_single.losses import MRSTFTL1Loss
+
+    console, raw, target = _toy_problem()
+    loss = MRSTFTL1Loss(**SMALL_LOSS)
+    p, info = fit_setting(console, lambda step: (raw, target), max_steps=400, lr=0.1, patience=10, min_delta=1e-3,
+                          loss_fn=loss, progress=False)
+    assert info.stopped_by == "converged" and 10 <= info.steps < 400 and len(info.losses) == info.steps
+    assert info.losses[-1] < 0.2 * info.losses[0]
+    _, capped = fit_setting(console, lambda step: (raw, target), max_steps=5, lr=0.1, patience=10, min_delta=1e-3,
+                            loss_fn=loss, progress=False)
+    assert capped.stopped_by == "max_steps" and capped.steps == 5
+
+
+def test_the_oracle_fits_with_restarts_picks_the_best_on_the_whole_song_and_is_cached(make_data, tmp_path, monkeypatch):
+    from mst_single.console import VocalConsole
+    from mst_single.data import index_songs
+    from mst_single.experiments import baselines as B
+
+    songs = index_songs(make_data(songs=2, seconds=2.0), 16000)
+    console = VocalConsole(16000)
+    budget = dict(max_steps=4, patience=2, min_delta=0.01, lr=0.1, batch_size=2, segment_seconds=0.5)
+    fits = B.fit_songs(console, songs, target_lufs=-23.0, budget=budget, cache_dir=tmp_path, seed=0, restarts=2,
+                       progress=False)
+    assert set(fits) == {s.name for s in songs}
+    for p, info in fits.values():
+        assert p.shape == (1, console.num_params) and len(info.restarts) == 2
+        assert info.score == min(r["score"] for r in info.restarts) and 1 <= info.steps <= 4
+    assert len(list(tmp_path.glob("oracle-*.json"))) == 2
+
+    def no_fit(*a, **k):
+        raise AssertionError("refitted a cached song")
+
+    monkeypatch.setattr(B, "fit_setting", no_fit)
+    again = B.fit_songs(console, songs, target_lufs=-23.0, budget=budget, cache_dir=tmp_path, seed=0, restarts=2,
+                        progress=False)
+    for name in fits:
+        assert torch.equal(again[name][0], fits[name][0]) and again[name][1].steps == fits[name][1].steps
+    with pytest.raises(AssertionError, match="refitted"):  # another budget is another fit
+        B.fit_songs(console, songs, target_lufs=-23.0, budget=dict(budget, lr=0.2), cache_dir=tmp_path, seed=0,
+                    restarts=2, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- end to end
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline W&B run file (LevelDB log format after a 7-byte header)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, buf, out = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            out.append(payload)
+        elif kind == 2:
+            buf = payload
+        elif kind in (3, 4):
+            buf += payload
+            if kind == 4:
+                out.append(buf)
+    return [pb.Record.FromString(p) for p in out]
+
+
+def wandb_runs(folder: Path) -> dict:
+    """{run id: (group, job_type, tags, config, summary)} of the offline W&B runs under ``folder``."""
+    runs = {}
+    for f in folder.rglob("run-*.wandb"):
+        run, cfg, summary = None, {}, {}
+        for r in wandb_records(f):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run = r.run
+                cfg.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+            elif kind == "config":
+                cfg.update({i.key: json.loads(i.value_json) for i in r.config.update})
+            elif kind == "summary":
+                summary.update({i.key: json.loads(i.value_json) for i in r.summary.update})
+        runs[run.run_id] = (run.run_group, run.job_type, set(run.tags), cfg, summary)
+    return runs
+
+
 @pytest.mark.slow
-def test_ablate_end_to_end_then_rerun_reproduces_results_csv(tiny, capsys):
+def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     folder, data = tiny
-    out_a, out_b = folder / "results", folder / "rerun"
-    assert cli([folder, "--budget", "test", "--data", data]) == 0
+    assert cli([folder, "--budget", "test"]) == 0
     printed = capsys.readouterr().out
-    assert "[1/2] approach1-s0" in printed and "| variant | seeds |" in printed
+    out = folder / "results" / "test"
+    assert "[1/4] approach1 fold 0 seed 0 (demo): training + evaluation" in printed
+    assert "baselines fold 1 (demo): oracle fitted on" in printed
 
-    rows = list(csv.DictReader(open(out_a / "results.csv")))
-    assert tuple(rows[0]) == COLUMNS
-    means = {(r["variant"], r["eval_policy"]) for r in rows if r["song"] == "mean"}
-    assert means == {("approach1", "song"), ("approach1", "other"), ("approach2", "-"), ("identity", "-"),
-                     ("mean-preset", "-"), ("oracle", "-")}
-    audio_metrics = set(METRIC_UNITS) - {"param_err"}
-    for key in means:
-        got = {r["metric"] for r in rows if (r["variant"], r["eval_policy"]) == key and r["song"] == "mean"}
-        assert audio_metrics <= got
-        assert ("param_err" in got) == (key[0] != "identity")  # truth.json exists; identity has no setting
-    songs = {r["song"] for r in rows} - {"mean"}
-    assert len(songs) == 1
+    # results.csv: the contract's columns; every song tested exactly once per (variant, policy, seed)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert tuple(rows[0]) == R.RESULTS_COLUMNS
+    assert {(r["experiment"], r["budget"], r["data"]) for r in rows} == {("exp-tiny", "test", "demo")}
+    songs = sorted(F.song_names(data))
+    keys = {(r["variant"], r["eval_policy"]) for r in rows}
+    assert keys == {("approach1", "other"), ("approach1", "song"), ("approach1", "shuffled"), ("approach2", "-"),
+                    ("identity", "-"), ("mean-preset", "-"), ("oracle", "-")}
+    for variant, policy in keys:
+        mine = [r for r in rows if (r["variant"], r["eval_policy"]) == (variant, policy) and r["metric"] == "mrstft"]
+        assert sorted(r["song"] for r in mine if r["song"] != "mean") == songs
+        assert sorted(r["fold"] for r in mine if r["song"] == "mean") == ["0", "1"]
+        for r in mine:
+            if r["song"] != "mean":
+                assert F.fold_of(r["song"], 2) == int(r["fold"])  # tested in its own fold
+        got = {r["metric"] for r in rows if (r["variant"], r["eval_policy"]) == (variant, policy)}
+        assert set(METRIC_UNITS) - {"param_err"} <= got
+        assert ("param_err" in got) == (variant != "identity")  # truth.json exists; identity has no setting
     a1 = [r for r in rows if r["variant"] == "approach1"]
-    assert {r["approach"] for r in a1} == {"approach1"} and {r["policy"] for r in a1} == {"song"}
+    assert {(r["approach"], r["policy"]) for r in a1} == {("approach1", "song")}
+    ident = [float(r["value"]) for r in rows if r["variant"] == "identity" and r["metric"] == "lufs_err"]
+    assert min(ident) > 0.5  # not level-matched
 
-    md = (out_a / "results.md").read_text()
-    assert "| approach1 (eval ref: other) | 1 |" in md and "| oracle | 1 |" in md
-    assert {p.name for p in (out_a / "plots").glob("*.png")} >= {"metric_mrstft.png", "metric_si_sdr.png",
-                                                                  "training_curves.png"}
-    html = (out_a / "report.html").read_text()
-    song = songs.pop()
-    for name in ("raw", "target", "approach1@song", "approach1@other", "approach2", "identity", "mean-preset", "oracle"):
-        assert f"src='audio/{song}/{name}.flac'" in html
-        assert (out_a / "audio" / song / f"{name}.flac").stat().st_size > 0
-    assert "<h4>Parameters (units)</h4>" in html and "<th>true</th>" in html
-    prov = json.loads((out_a / "provenance.json").read_text())
-    assert prov["command"].startswith("mst-single ablate") and prov["commit"] and prov["wall_time_s"] > 0
-    assert prov["patch_series_sha256"] and prov["packages"]["torch"] and prov["hardware"]["cpu_count"]
-    assert {r["run"] for r in prov["runs"]} == {"approach1-s0", "approach2-s0"}
-    assert prov["runs"][0]["config"]["model"]["approach"] == "approach1"
-    # approach2 trained on half the training songs, through a data subset of symlinks
-    sub = json.loads((out_a / "runs" / "approach2-s0" / "unit.json").read_text())["config"]["data"]["root"]
-    assert "train-0.5" in sub and len(list((Path(sub) / "raw").iterdir())) < 5
+    # predictions.csv: settings in [0, 1] per test song, song-alt for approach1, the fitted baselines
+    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    assert tuple(preds[0]) == R.PREDICTIONS_COLUMNS
+    assert {(p["variant"], p["eval_policy"]) for p in preds} == (keys - {("identity", "-")}) | {("approach1", "song-alt")}
+    assert all(0.0 <= float(p["value"]) <= 1.0 for p in preds)
+    n_params = len({p["param"] for p in preds})
+    assert sum(1 for p in preds if (p["variant"], p["eval_policy"]) == ("oracle", "-")) == len(songs) * n_params
 
-    # unchanged runs are reused; a rerun from scratch into another folder gives the same numbers
-    assert cli([folder, "--budget", "test", "--data", data]) == 0
-    assert "up to date" in capsys.readouterr().out
-    assert cli([folder, "--budget", "test", "--data", data, "--out", out_b]) == 0
-    worst, problems = reproduction_diff(rows_from_path(out_a), rows_from_path(out_b))
-    assert problems == [] and worst == 0.0
+    # runs.csv: one row per training run and per baseline x fold, with the steps used
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert tuple(runs[0]) == R.RUNS_COLUMNS
+    trained = [r for r in runs if r["variant"] in ("approach1", "approach2")]
+    assert len(trained) == 4 and {r["steps"] for r in trained} == {"4"}
+    assert all((out / r["checkpoint"]).is_file() for r in trained)
+    fitted = {(r["variant"], r["fold"]): int(r["steps"]) for r in runs if r["variant"] in ("mean-preset", "oracle")}
+    assert set(fitted) == {(v, f) for v in ("mean-preset", "oracle") for f in ("0", "1")}
+    assert all(2 <= s <= 6 for s in fitted.values())
+    for r in runs:
+        assert r["run_id"] == R.run_id("exp-tiny", "test", "demo", r["variant"], int(r["fold"]), int(r["seed"]))
+
+    # logs a person can read: no carriage returns, line by line, small
+    for r in trained:
+        log = (out / r["checkpoint"]).parent.parent / "ablate.log"
+        text = log.read_text()
+        assert "\r" not in text and log.stat().st_size < 30_000
+        assert "fit: training from step 0 to 4" in text and "fit: 4/4 steps (100%)" in text
+
+    # W&B: offline runs with the deterministic ids, one group per experiment/budget, baselines included
+    wb = wandb_runs(out / "runs")
+    assert set(wb) == {r["run_id"] for r in runs}
+    for r in runs:
+        group, job, tags, cfg, summary = wb[r["run_id"]]
+        assert group == "exp-tiny/test" and {"budget-test", "data-demo", f"fold-{r['fold']}"} <= tags
+        assert (cfg["variant"], cfg["fold"], cfg["data"]) == (r["variant"], int(r["fold"]), "demo")
+        key = "eval/other/mrstft" if r["variant"] == "approach1" else "eval/mrstft"
+        mean = next(float(x["value"]) for x in rows if x["variant"] == r["variant"] and x["fold"] == r["fold"]
+                    and x["song"] == "mean" and x["metric"] == "mrstft" and x["eval_policy"] in ("other", "-"))
+        assert summary[key] == pytest.approx(mean)
+        assert job == ("baseline" if r["variant"] in ("identity", "mean-preset", "oracle") else "fit")
+
+    md = (out / "results.md").read_text()
+    assert "| approach1 (eval ref: other) | 2 |" in md and "| oracle | 2 |" in md
+    html = (out / "report.html").read_text()
+    assert "src='audio/demo/" in html and "<th>true</th>" in html
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["folds"] == 2 and prov["budget"] == "test" and prov["data"] == {"demo": str(data)}
+    assert sorted(prov["splits"]["demo"]) == ["fold0", "fold1"]
+
+    # unchanged runs are reused; --check reruns the committed table elsewhere and finds it the same
+    assert cli([folder, "--budget", "test"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("up to date") == 6  # 4 runs + 2 baseline folds
+    assert cli([folder, "--budget", "test", "--check", "--out", tmp_path / "rerun"]) == 0
+    printed = capsys.readouterr().out
+    assert "REPRODUCED" in printed and "NOT REPRODUCED" not in printed
+
+
+def test_the_check_lists_rows_that_differ():
+    base = dict(experiment="e", budget="smoke", data="demo", variant="approach2", approach="approach2", policy="-",
+                eval_policy="-", fold="0", seed="0", song="mean")
+    a = [dict(base, metric="mrstft", value="1.0"), dict(base, metric="l1", value="0.5")]
+    same = ablate.check_same(a, [dict(r) for r in a])
+    assert same.ok and "REPRODUCED" in str(same)
+    b = [dict(a[0], value="1.1"), dict(a[1])]
+    diff = ablate.check_same(a, b)
+    assert not diff.ok and "approach2" in str(diff) and "mrstft: 1 -> 1.1" in str(diff)
+    assert not ablate.check_same(a, a[:1]).ok
+
+
+def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
+    folder, _ = tiny
+    assert cli([folder, "--budget", "test", "--seeds", "2", "--export-sweep"]) == 0
+    sweep = yaml.safe_load((folder / "sweep.yaml").read_text())
+    assert sweep["method"] == "grid" and sweep["name"] == "exp-tiny/test"
+    assert sweep["parameters"] == {"variant": {"values": ["approach1", "approach2"]}, "seed": {"values": [0, 1]},
+                                   "fold": {"values": [0, 1]}}
+    assert sweep["command"] == ["mst-single", "ablate", folder.as_posix(), "--budget", "test", "${args}"]
+    # the agent's ${args} become --variant=V --seed=S --fold=F, which the CLI accepts as one unit
+    plan = runner.make_plan(parse([folder, "--budget", "test", "--variant=approach2", "--seed=1", "--fold=1"]))
+    assert plan.unit_mode and [(u.variant, u.fold, u.seed) for u in plan.units] == [("approach2", 1, 1)]

@@ -5,8 +5,18 @@ import math
 import pytest
 
 from mst_single import compare
-from mst_single.ablate import write_results_csv
 from mst_single.errors import MstError
+
+
+def write_results_csv(path, rows):
+    """results.csv in compare's columns (the rows below have no budget/data/fold)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=compare.COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows({**r, "value": repr(float(r["value"]))} for r in rows)
 
 
 def rows_for(experiment, variant, seed_values, metric="mrstft", eval_policy="-", song_values=None):

@@ -218,7 +218,7 @@ def test_one_loudness_normalisation_for_training_mix_and_evaluation(ckpts, tmp_p
     from conftest import process_mix, synth_vocal
 
     from mst_single.data import VocalReferenceDataset, index_songs
-    from mst_single.evaluate import TestSet, load_model as eval_load_model, mix_song
+    from mst_single.experiments.evaluate import TestSet, load_model as eval_load_model, mix_song
     from mst_single.loudness import loudness_torch, song_gain_db
 
     root = tmp_path / "data"

@@ -2,14 +2,15 @@
 
 Protocol (the same for every variant and baseline of an ablation):
 
-1. Songs: the test split of the data settings (song-level hash split, ``mst_single.data.split_songs``),
-   aligned raw and mixed at the model's sample rate (``load_aligned``).
+1. Songs: the test split of the data settings (``experiments.config.data_settings``: the song-level
+   hash split, or the run's split file, e.g. one fold), aligned raw and mixed at the model's sample
+   rate (``load_aligned``).
 2. One parameter setting per song. A model predicts parameters for each segment of the test grid
    (``VocalReferenceDataset(split="test")``: non-overlapping, non-silent segments of
    ``segment_seconds``; for Approach 1 each segment's reference is chosen by the evaluation
-   reference policy, deterministically), and the song's setting is the per-parameter median of
-   those predictions in the console's [0, 1] space (as ``mix`` combines its segments). A baseline
-   gives its own setting.
+   reference policy, deterministically, see :data:`EVAL_POLICIES`), and the song's setting is the
+   per-parameter median of those predictions in the console's [0, 1] space (as ``mix`` combines
+   its segments). A baseline gives its own setting.
 3. The raw song is loudness-normalised to ``target_lufs`` as a whole (the gain of
    ``loudness.song_gain_db`` from the song's ``raw_lufs``: the same gain its segments got in step 2,
    in training, and in ``mix``) and run through the console in one go (chunked through the
@@ -17,8 +18,20 @@ Protocol (the same for every variant and baseline of an ablation):
 4. The whole output is scored against the whole aligned mixed song with ``metrics.all_metrics``,
    plus the parameter error against ``truth.json`` where the data has one.
 
-Results: one :class:`SongResult` per song with its metrics, the setting in units, and the output
-audio (kept for the report).
+Evaluation reference policies of Approach 1 (:data:`EVAL_POLICIES`, :data:`PREDICTION_POLICIES`):
+
+- ``other``: each segment's reference is a segment of another test song's mix (a new vocal has no
+  mix of its own): the headline.
+- ``song``: another section of the song's own mix: an upper bound (the answer's style is given).
+- ``shuffled``: the control. Each test song gets ONE other test song's mix, by a fixed derangement
+  of the test songs (Sattolo's algorithm, seeded by ``split_seed``); a model that reads the
+  reference does worse here than with ``song``, one that ignores it does the same.
+- ``song-alt`` (predictions only): like ``song`` but a second, different section of the song's own
+  mix, so the change between ``song`` and ``song-alt`` measures the within-song noise floor of
+  reference sensitivity.
+
+Results: one :class:`SongResult` per song with its metrics, the setting in units and in [0, 1], and
+the output audio (kept for the report).
 """
 from __future__ import annotations
 
@@ -31,40 +44,44 @@ import numpy as np
 import torch
 
 from mst_single import metrics as M
+from mst_single.data import VocalReferenceDataset
 
+EVAL_POLICIES = ("other", "song", "shuffled")
+PREDICTION_POLICIES = EVAL_POLICIES + ("song-alt",)
 STREAM_SECONDS = 120.0  # longer songs go through VocalConsole.streamer in 10 s chunks (bounded memory)
 
 
 @dataclass
 class SongResult:
-    """Evaluation of one test song: ``metrics`` {name: value}, ``params`` {name: units}, ``output`` (2, N)."""
+    """Evaluation of one test song: ``metrics`` {name: value}, ``params`` {name: units}, ``setting``
+    {name: value in [0, 1]} (empty for ``identity``), ``output`` (2, N)."""
 
     song: str
     metrics: dict
     params: dict = field(default_factory=dict)
     output: np.ndarray | None = field(default=None, repr=False)
+    setting: dict = field(default_factory=dict)
 
 
 class TestSet:
-    """The test songs of a data folder under given data settings (the YAML ``data:`` keys).
+    """The test songs of a data folder under given data settings.
 
     Args:
         root: data folder (raw/, mixed/, optional truth.json).
-        sample_rate, segment_seconds, split_seed, val_fraction, test_fraction, split_file,
-        max_lag_seconds, allow_unmatched, cache_dir, silence_threshold_db: as in ``VocalDataModule``.
-    Other keys of a ``data:`` section (batch_size, reference_policy, ...) are accepted and ignored.
+        **data: the rest of a ``data:`` section; the data settings (``experiments.config.DATA_KEYS``:
+            sample_rate, segment_seconds, split_seed, val_fraction, test_fraction, split_file, ...)
+            are used, with ``VocalDataModule``'s defaults; other keys (batch_size, ...) are ignored.
     """
 
-    def __init__(self, root, sample_rate: int = 48000, segment_seconds: float = 4.0, split_seed: int = 0,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_file: str | None = None,
-                 max_lag_seconds: float = 0.5, allow_unmatched: bool = False, cache_dir: str | None = None,
-                 silence_threshold_db: float = -50.0, **_ignored):
+    def __init__(self, root, **data):
         from mst_single.data import index_songs, split_songs
+        from mst_single.experiments.config import data_settings, index_kwargs, split_kwargs
 
-        self.root, self.sample_rate, self.segment_seconds = Path(root), int(sample_rate), float(segment_seconds)
-        self.silence_threshold_db, self.split_seed = silence_threshold_db, split_seed
-        every = index_songs(root, self.sample_rate, max_lag_seconds, allow_unmatched, cache_dir)
-        self.splits = split_songs(every, split_seed, val_fraction, test_fraction, split_file)
+        s = self.settings = data_settings(dict(data, root=str(root)))
+        self.root, self.sample_rate, self.segment_seconds = Path(root), int(s["sample_rate"]), float(s["segment_seconds"])
+        self.silence_threshold_db, self.split_seed = s["silence_threshold_db"], s["split_seed"]
+        every = index_songs(root, **index_kwargs(s), progress=False)
+        self.splits = split_songs(every, **split_kwargs(s))
         self.songs = self.splits["test"]
         self._audio: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.truth = read_truth(self.root)
@@ -82,17 +99,17 @@ class TestSet:
         return self._audio[name]
 
     def segments(self, policy: str):
-        """The deterministic test-grid dataset with references chosen by ``policy``."""
+        """The deterministic test-grid dataset with references chosen by ``policy`` (``same`` for a
+        model without reference, or one of :data:`PREDICTION_POLICIES`)."""
         import warnings
-
-        from mst_single.data import VocalReferenceDataset
 
         with warnings.catch_warnings():  # policy fallbacks on tiny splits are warned once by training
             warnings.simplefilter("ignore")
-            return VocalReferenceDataset(split="test", sample_rate=self.sample_rate,
-                                         segment_seconds=self.segment_seconds, reference_policy=policy,
-                                         split_seed=self.split_seed, silence_threshold_db=self.silence_threshold_db,
-                                         songs=self.songs)
+            kw = dict(split="test", sample_rate=self.sample_rate, segment_seconds=self.segment_seconds,
+                      split_seed=self.split_seed, silence_threshold_db=self.silence_threshold_db, songs=self.songs)
+            if policy in ("shuffled", "song-alt"):
+                return EvalReferenceDataset(policy, **kw)
+            return VocalReferenceDataset(reference_policy=policy, **kw)
 
     def raw_lufs(self, name: str) -> float:
         """The song's whole-raw loudness (LUFS) that sets its normalisation gain."""
@@ -102,6 +119,38 @@ class TestSet:
 
     def truth_params(self, name: str) -> dict:
         return (self.truth.get("songs", {}).get(name) or {}).get("params") or {}
+
+
+class EvalReferenceDataset(VocalReferenceDataset):
+    """The test grid with the ``shuffled`` or ``song-alt`` references (see the module docstring)."""
+
+    def __init__(self, eval_policy: str, **kw):
+        if eval_policy not in ("shuffled", "song-alt"):
+            raise ValueError(f"eval_policy must be 'shuffled' or 'song-alt', got {eval_policy!r}")
+        super().__init__(reference_policy="other" if eval_policy == "shuffled" else "song", **kw)
+        self.eval_policy = eval_policy
+        self.partner = derangement(len(self.songs), self.seed)
+
+    def _reference(self, rng: np.random.Generator, i: int, start: int) -> tuple[int, int]:
+        if self.eval_policy == "shuffled":
+            j = self.partner[i]
+            return (j, self._random_start(rng, j)) if j != i else super()._reference(rng, i, start)  # one song
+        first = super()._reference(rng, i, start)  # exactly the `song` policy's draw for this segment
+        if first[0] != i:  # a song too short for a section of its own: as `song` does
+            return first
+        c = self.cands[i] * self.songs[i].hop
+        far = c[(np.abs(c - start) >= self.segment) & (np.abs(c - first[1]) >= self.segment)]
+        return (i, int(far[rng.integers(len(far))])) if len(far) else first
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A permutation of range(n) without fixed points (one cycle, Sattolo's algorithm); [0] for n = 1."""
+    rng = np.random.default_rng([int(seed), 1729])
+    perm = list(range(n))
+    for k in range(n - 1, 0, -1):
+        j = int(rng.integers(k))
+        perm[k], perm[j] = perm[j], perm[k]
+    return perm
 
 
 def read_truth(root: Path) -> dict:
@@ -129,8 +178,19 @@ def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_
         return np.concatenate([streamer.process(x[0, :, i:i + hop]) for i in range(0, x.shape[-1], hop)], axis=1)
 
 
-def identity_output(raw: np.ndarray, target: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The ``identity`` baseline: raw (1, N) on both channels, scaled to the target's integrated loudness."""
+def identity_output(raw: np.ndarray, raw_lufs: float, target_lufs: float) -> np.ndarray:
+    """The ``identity`` baseline: raw (1, N) on both channels with the models' input normalisation
+    (the whole-song gain ``song_gain_db(raw_lufs, target_lufs)``) and nothing else: what the console
+    gets before it does anything. Not matched to the target's loudness."""
+    from mst_single.loudness import song_gain_db
+
+    gain = 10.0 ** (song_gain_db(raw_lufs, target_lufs) / 20.0)
+    return (np.repeat(np.asarray(raw, dtype=np.float32), 2, axis=0) * gain).astype(np.float32)
+
+
+def level_matched_output(raw: np.ndarray, target: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The ``identity-level-matched`` baseline: raw (1, N) on both channels scaled to the target's
+    integrated loudness (it is given the answer's loudness: label it so)."""
     from mst_single.loudness import SILENCE_LUFS, integrated_loudness
 
     out = np.repeat(np.asarray(raw, dtype=np.float32), 2, axis=0)
@@ -169,43 +229,53 @@ def _units(console, p: torch.Tensor) -> dict:
     return {k: float(v[0]) for k, v in console.denormalize(p.detach().float().reshape(1, -1)).items()}
 
 
-def evaluate_model(model, testset: TestSet, policy: str, keep_audio: bool = True, progress: bool = True) -> list[SongResult]:
-    """Evaluate a trained ``VocalMST`` on every test song (see the module docstring)."""
-    from tqdm import tqdm
+def predict_settings(model, testset: TestSet, policy: str, progress: bool = True) -> dict[str, torch.Tensor]:
+    """{song: setting (1, P) in [0, 1]} of a trained ``VocalMST`` for every test song, references by
+    ``policy`` (``same`` for Approach 2, which ignores them). A song whose every segment is below the
+    silence threshold gets the neutral setting."""
+    from mst_single.progress import progress as progress_bar
 
     if model.sample_rate != testset.sample_rate:
         raise ValueError(f"model runs at {model.sample_rate} Hz but the test set at {testset.sample_rate} Hz")
     model.eval()
     dataset = testset.segments(policy)
     names = {dataset.songs[si].name for si, _ in dataset.grid}
-    results = []
-    for name in tqdm(testset.names, desc=f"evaluating ({policy} refs)", unit="song", disable=not progress, leave=False):
-        raw, target = testset.audio(name)
-        if name in names:
-            p = predict_song_params(model, dataset, name)
-        else:  # every segment is below the silence threshold: neutral setting, still scored
-            p = model.console.default_params(1)
-        results.append(_result(model.console, model.target_lufs, testset, name, p, raw, target, keep_audio))
-    return results
+    out = {}
+    for name in progress_bar(testset.names, desc=f"predicting ({policy} refs)", unit="songs", enabled=progress,
+                             leave=False):
+        out[name] = predict_song_params(model, dataset, name) if name in names else model.console.default_params(1)
+    return out
+
+
+def evaluate_model(model, testset: TestSet, policy: str, keep_audio: bool = True, progress: bool = True) -> list[SongResult]:
+    """Evaluate a trained ``VocalMST`` on every test song (see the module docstring)."""
+    settings = predict_settings(model, testset, policy, progress)
+    return evaluate_setting(model.console, model.target_lufs, testset, settings, keep_audio, progress,
+                            desc=f"scoring ({policy} refs)")
 
 
 def evaluate_setting(console, target_lufs: float, testset: TestSet, settings: dict[str, torch.Tensor] | torch.Tensor,
-                     keep_audio: bool = True) -> list[SongResult]:
+                     keep_audio: bool = True, progress: bool = True, desc: str = "scoring") -> list[SongResult]:
     """Evaluate fixed settings: one (1, P) tensor for every song, or {song: (1, P)} (e.g. the oracle)."""
+    from mst_single.progress import progress as progress_bar
+
     results = []
-    for name in testset.names:
+    for name in progress_bar(testset.names, desc=desc, unit="songs", enabled=progress, leave=False):
         p = settings[name] if isinstance(settings, dict) else settings
         raw, target = testset.audio(name)
         results.append(_result(console, target_lufs, testset, name, p, raw, target, keep_audio))
     return results
 
 
-def evaluate_identity(testset: TestSet, keep_audio: bool = True) -> list[SongResult]:
-    """The ``identity`` baseline on every test song (no parameters, so no parameter error)."""
+def evaluate_identity(testset: TestSet, target_lufs: float, level_matched: bool = False,
+                      keep_audio: bool = True) -> list[SongResult]:
+    """The ``identity`` (or ``identity-level-matched``) baseline on every test song (no parameters,
+    so no parameter error)."""
     results = []
     for name in testset.names:
         raw, target = testset.audio(name)
-        out = identity_output(raw, target, testset.sample_rate)
+        out = (level_matched_output(raw, target, testset.sample_rate) if level_matched
+               else identity_output(raw, testset.raw_lufs(name), target_lufs))
         results.append(SongResult(name, score(out, target, testset.sample_rate), {}, out if keep_audio else None))
     return results
 
@@ -214,7 +284,8 @@ def _result(console, target_lufs, testset, name, p, raw, target, keep_audio) -> 
     out = mix_song(console, target_lufs, raw, p, testset.raw_lufs(name))
     units = _units(console, p)
     m = score(out, target, testset.sample_rate, units, testset.truth_params(name), console.specs)
-    return SongResult(name, m, units, out if keep_audio else None)
+    setting = dict(zip(console.param_names, (float(v) for v in p.detach().float().reshape(-1))))
+    return SongResult(name, m, units, out if keep_audio else None, setting)
 
 
 def song_means(results: list[SongResult]) -> dict:

@@ -1,0 +1,223 @@
+"""Baselines of every ablation, fitted until converged and scored per whole song like the models.
+
+- ``identity``: the raw vocal on both channels with the models' input normalisation (the whole-song
+  gain ``loudness.song_gain_db`` to ``target_lufs``) and nothing else. It is NOT matched to the
+  target's loudness: its ``lufs_err`` is what doing nothing costs.
+- ``identity-level-matched`` (optional): the raw vocal scaled to the target's integrated loudness,
+  i.e. given the answer's loudness for free; labelled so.
+- ``mean-preset``: ONE setting fitted over random segments of the run's training songs (the house
+  style as a single preset; no network), per data set × fold.
+- ``oracle``: a setting fitted per test song on random crops of that song's own aligned pair, with
+  restarts; the restart whose setting scores best on the whole song wins. The chain's ceiling.
+
+Fitting (:func:`fit_setting`): Adam on the logits of p = sigmoid(logits) through the ``VocalConsole``
+and the training loss, until an exponential moving average of the loss (``EMA_BETA``) has not
+improved by ``min_delta`` (relative) for ``patience`` steps, capped at ``max_steps``; the steps used
+and why it stopped are reported (``FitInfo``). Seeded: segment draws, crops and restart starts come
+from seeded generators. Inputs are normalised as everywhere: every segment by its whole song's gain.
+Settings per budget (``baselines:`` in experiments/base.yaml)::
+
+    mean_preset: {max_steps, patience, min_delta, lr, batch_size, segment_seconds}
+    oracle:      {max_steps, patience, min_delta, lr, batch_size, segment_seconds, restarts}
+
+Interface shared with ``mst_single/oracle.py`` (pipeline contract: ``fit_setting``, ``fit_songs``,
+``fit_mean_preset`` with these signatures); until that module is merged they are implemented here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+EMA_BETA = 0.9  # smoothing of the per-step loss (random crops make it noisy) for the stopping rule
+FIT_DEFAULTS = dict(max_steps=300, patience=20, min_delta=1e-3, lr=0.05, batch_size=4, segment_seconds=2.0)
+
+
+@dataclass
+class FitInfo:
+    """How a fit went: ``steps`` taken, the loss per step, and ``stopped_by`` "converged" | "max_steps"."""
+
+    steps: int
+    losses: list = field(default_factory=list, repr=False)
+    stopped_by: str = "max_steps"
+    score: float | None = None  # whole-song loss of the chosen setting (oracle)
+    restarts: list = field(default_factory=list)  # per restart: {"steps", "stopped_by", "score"} (oracle)
+
+
+def _logits(p: torch.Tensor) -> torch.Tensor:
+    # neutral settings sit on the box edges (e.g. reverb wet -60 dB = 0): pull them inside so that
+    # sigmoid's gradient is not ~0 there
+    p = p.clamp(0.02, 0.98)
+    return torch.log(p / (1 - p))
+
+
+def _budget(budget: dict | None) -> dict:
+    """The fitting settings with defaults; MstError-free: unknown keys (e.g. ``restarts``) pass through."""
+    b = dict(FIT_DEFAULTS, **(budget or {}))
+    if "steps" in b and "max_steps" not in (budget or {}):  # the old fixed-step key
+        b["max_steps"] = b.pop("steps")
+    return b
+
+
+def fit_setting(console, batches, *, max_steps: int, lr: float, patience: int, min_delta: float,
+                init: torch.Tensor | None = None, loss_fn=None, desc: str = "fitting",
+                progress: bool = True) -> tuple[torch.Tensor, FitInfo]:
+    """Fit one setting p (1, P) in [0, 1] by Adam on ``loss_fn(console(raw, p), target)["loss"]``.
+
+    Args:
+        console: a ``VocalConsole``.
+        batches: callable step -> (raw (B, 1, T) already loudness-normalised, target (B, 2, T)).
+        max_steps: cap on the optimiser steps; lr: Adam learning rate (on the logits).
+        patience, min_delta: stop when the smoothed loss has not gone below ``best * (1 - min_delta)``
+            for ``patience`` steps in a row.
+        init: starting setting (1, P); default the console's neutral setting.
+        loss_fn: default ``MRSTFTL1Loss()`` (the training loss at its default weights).
+
+    Returns:
+        (p (1, P) detached, FitInfo).
+    """
+    from mst_single.losses import MRSTFTL1Loss
+    from mst_single.progress import progress as progress_bar
+
+    loss_fn = loss_fn or MRSTFTL1Loss()
+    start = console.default_params(1) if init is None else init.detach().reshape(1, -1)
+    logits = torch.nn.Parameter(_logits(start.float()))
+    opt = torch.optim.Adam([logits], lr=lr)
+    history, ema, best, since = [], None, float("inf"), 0
+    stopped_by = "max_steps"
+    bar = progress_bar(total=int(max_steps), desc=desc, unit="steps", enabled=progress, leave=False)
+    with bar:
+        for step in range(int(max_steps)):
+            raw, target = batches(step)
+            p = torch.sigmoid(logits).expand(raw.shape[0], -1)
+            loss = loss_fn(console(raw, p), target)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            if not torch.isfinite(logits.grad).all():  # one bad crop must not poison the setting
+                logits.grad = torch.nan_to_num(logits.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            opt.step()
+            history.append(loss.item())
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+            bar.update(1)
+            if not np.isfinite(history[-1]):
+                continue
+            ema = history[-1] if ema is None else EMA_BETA * ema + (1 - EMA_BETA) * history[-1]
+            if ema < best * (1 - min_delta):
+                best, since = ema, 0
+            else:
+                since += 1
+            if since >= patience:
+                stopped_by = "converged"
+                break
+    return torch.sigmoid(logits).detach(), FitInfo(len(history), history, stopped_by)
+
+
+def _normalised_batch(items: list[dict], console, target_lufs: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from mst_single.loudness import normalize_loudness
+
+    raw = torch.stack([it["raw"] for it in items])
+    target = torch.stack([it["mixed"] for it in items])
+    raw, _ = normalize_loudness(raw, console.sample_rate, target_lufs, lufs=torch.stack([it["raw_lufs"] for it in items]))
+    return raw, target
+
+
+def fit_mean_preset(console, songs, *, target_lufs: float, budget: dict | None = None, seed: int = 0,
+                    silence_threshold_db: float = -50.0, loss_fn=None,
+                    progress: bool = True) -> tuple[torch.Tensor, FitInfo]:
+    """The ``mean-preset`` baseline: one setting (1, P) fitted over random segments of ``songs``
+    (``SongInfo`` list: the training songs), drawn by ``VocalReferenceDataset(split="train", seed=seed)``."""
+    from mst_single.data import VocalReferenceDataset
+
+    b = _budget(budget)
+    bs = int(b["batch_size"])
+    ds = VocalReferenceDataset(split="train", sample_rate=console.sample_rate, segment_seconds=b["segment_seconds"],
+                               reference_policy="same", segments_per_epoch=int(b["max_steps"]) * bs,
+                               silence_threshold_db=silence_threshold_db, seed=seed, songs=list(songs))
+    return fit_setting(console, lambda step: _normalised_batch([ds[step * bs + i] for i in range(bs)], console, target_lufs),
+                       max_steps=int(b["max_steps"]), lr=float(b["lr"]), patience=int(b["patience"]),
+                       min_delta=float(b["min_delta"]), loss_fn=loss_fn, desc="mean-preset", progress=progress)
+
+
+def _song_loss(console, target_lufs: float, song, raw: np.ndarray, y: torch.Tensor, p: torch.Tensor, loss_fn) -> float:
+    """The training loss of setting p on the whole song, mixed as the evaluation mixes it."""
+    from mst_single.experiments.evaluate import mix_song
+
+    out = torch.from_numpy(mix_song(console, target_lufs, raw, p, song.raw_lufs))[None]
+    with torch.no_grad():
+        return float(loss_fn(out, y)["loss"])
+
+
+def _oracle_key(song, console, target_lufs, budget, seed, loss_fn) -> str:
+    from mst_single.experiments.config import stable_hash
+
+    files = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in (song.raw_path, song.mixed_path)]
+    loss = "default" if loss_fn is None else repr(loss_fn)
+    return stable_hash(["oracle", 1, files, song.lag, console.sample_rate, console.stages, target_lufs, budget, seed, loss])
+
+
+def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None, cache_dir: str | os.PathLike | None = None,
+              seed: int = 0, restarts: int | None = None, loss_fn=None,
+              progress: bool = True) -> dict[str, tuple[torch.Tensor, FitInfo]]:
+    """The ``oracle``: per song (``SongInfo`` list) a setting fitted on crops of its own pair.
+
+    Restart 0 starts from the neutral setting, restart r > 0 from a random one (seeded by ``seed``
+    and r); each restart draws its own crops (``batch_size`` crops of ``segment_seconds`` per step,
+    the whole song if shorter). The restart whose setting has the lowest loss on the whole song
+    wins (its ``FitInfo.score``). Cached per song in ``cache_dir/oracle-<hash>.json`` by the song's
+    files (path, size, mtime), alignment, sample rate, console stages, loss, budget and seed.
+    """
+    from mst_single.data import load_aligned, song_loudness
+    from mst_single.fileio import write_json
+    from mst_single.losses import MRSTFTL1Loss
+    from mst_single.loudness import song_gain_db
+
+    b = _budget(budget)
+    restarts = int(restarts if restarts is not None else b.get("restarts", 1))
+    b["restarts"] = restarts
+    fit_b = {k: b[k] for k in FIT_DEFAULTS}
+    score_fn = loss_fn or MRSTFTL1Loss()
+    out = {}
+    for k, song in enumerate(songs):
+        cache = Path(cache_dir) / f"oracle-{_oracle_key(song, console, target_lufs, b, seed, loss_fn)}.json" \
+            if cache_dir else None
+        if cache is not None and cache.exists():
+            saved = json.loads(cache.read_text())
+            out[song.name] = (torch.tensor([saved["p"]], dtype=torch.float32), FitInfo(**saved["info"]))
+            continue
+        raw, target = load_aligned(song)
+        gain = 10.0 ** (song_gain_db(song_loudness(song), target_lufs) / 20.0)
+        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None] * gain  # as it is evaluated
+        y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
+        n = x.shape[-1]
+        crop = min(n, int(round(float(b["segment_seconds"]) * console.sample_rate)))
+        best = None
+        tried = []
+        for r in range(restarts):
+            rng = np.random.default_rng([seed, r, 7])
+
+            def batches(step, rng=rng):
+                starts = rng.integers(0, n - crop + 1, size=int(b["batch_size"]))
+                return torch.cat([x[..., s:s + crop] for s in starts]), torch.cat([y[..., s:s + crop] for s in starts])
+
+            init = None if r == 0 else torch.from_numpy(rng.uniform(0.1, 0.9, (1, console.num_params))).float()
+            p, info = fit_setting(console, batches, **{k: fit_b[k] for k in ("max_steps", "lr", "patience", "min_delta")},
+                                  init=init, loss_fn=loss_fn, progress=progress,
+                                  desc=f"oracle {song.name} ({k + 1}/{len(songs)}) restart {r + 1}/{restarts}")
+            info.score = _song_loss(console, target_lufs, song, raw, y, p, score_fn)
+            tried.append({"steps": info.steps, "stopped_by": info.stopped_by, "score": info.score})
+            if best is None or info.score < best[1].score:
+                best = (p, info)
+        p, info = best
+        info.restarts = tried
+        out[song.name] = (p, info)
+        if progress:
+            print(f"oracle {song.name} ({k + 1}/{len(songs)}): " + "; ".join(
+                f"restart {i + 1}: {t['steps']} steps ({t['stopped_by']}), whole-song loss {t['score']:.4f}"
+                for i, t in enumerate(tried)), flush=True)
+        if cache is not None:
+            write_json(cache, {"song": song.name, "p": p.reshape(-1).tolist(), "info": asdict(info)})
+    return out
