@@ -456,8 +456,8 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
             fits = B.fit_songs(console, testset.songs, target_lufs=target_lufs, budget=oc,
                                cache_dir=data_dir(plan.runs_dir, data) / "oracle", seed=seed, restarts=oc.get("restarts"))
             for song, (_, info) in fits.items():
-                fit_info[song] = {"steps": info.steps, "stopped_by": info.stopped_by, "score": info.score,
-                                  "restarts": info.restarts}
+                fit_info[song] = {"steps": info.steps, "stopped_by": info.stopped_by,
+                                  "score": getattr(info, "score", None), "restarts": getattr(info, "restarts", None)}
             steps = max((i["steps"] for i in fit_info.values()), default=0)
             converged = sum(i["stopped_by"] == "converged" for i in fit_info.values())
             print(f"{where}: oracle fitted on {len(fits)} songs, at most {steps} steps, {converged}/{len(fits)} "
