@@ -1,0 +1,1 @@
+"""The ablation pipeline: configs, runner, evaluation, baselines, statistics, collapse metrics, tables, report."""
