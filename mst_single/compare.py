@@ -144,6 +144,7 @@ def offline_runs(folder: Path) -> list[WandbRun]:
     protobufs; compare keeps the run record (id, name, group, tags), the config updates and the
     latest summary value of every top-level key.
     """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     runs = []
@@ -151,7 +152,10 @@ def offline_runs(folder: Path) -> list[WandbRun]:
         run = WandbRun(id="", name="")
         for raw in _log_records(path.read_bytes(), path):
             rec = pb.Record()
-            rec.ParseFromString(raw)
+            try:
+                rec.ParseFromString(raw)
+            except DecodeError:  # the cut-off tail of a run that was killed while writing
+                break
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 run.id, run.name, run.group, run.tags = (rec.run.run_id, rec.run.display_name, rec.run.run_group,

@@ -245,7 +245,7 @@ img{max-width:100%}section.song{border-top:2px solid #ddd;margin-top:2em}code{ba
 
 
 def markdown_table_to_html(md: str) -> str:
-    """The pipe tables written by :func:`mst_single.compare.markdown_table` as an HTML table."""
+    """The pipe tables written by ``tables.markdown_table`` (and the other tables there) as an HTML table."""
     lines = [ln.strip() for ln in md.strip().splitlines() if ln.strip().startswith("|")]
     if len(lines) < 2:
         return ""
