@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mst_single.experiments.stats import NONE, condition, dedupe
+from mst_single.experiments.stats import EVAL_KEY, NONE, condition, dedupe
 
 MATTER_STD = 0.05
 COLLAPSE_SPREAD = 0.25
@@ -53,7 +53,7 @@ COLLAPSE_ADAPTIVITY = 0.2
 REF_MIN = 0.25
 MIN_SCALE = 0.01
 OWN_REFERENCE = (NONE, "song", "same")  # eval policies whose right answer is the song's own oracle
-PREDICTION_KEY = ("experiment", "budget", "data", "variant", "eval_policy", "fold", "seed", "song", "param")
+PREDICTION_KEY = EVAL_KEY + ("song", "param")
 
 
 # ----------------------------------------------------------------------------------------------- arrays
