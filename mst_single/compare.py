@@ -416,3 +416,15 @@ def run(args) -> int:
     if args.csv:
         write_text(args.csv, csv_text[0] + "".join(c.split("\n", 1)[1] for c in csv_text[1:]))
     return 0
+
+
+# TEMPORARY: what today's `ablate` and its test import from here. Revert this commit once the runner
+# (branch wp-runner) uses mst_single.experiments.tables and check_same.
+from mst_single.experiments.tables import markdown_table, summarize  # noqa: E402,F401
+
+
+def reproduction_diff(a: list[dict], b: list[dict]) -> tuple[float, list[str]]:
+    """(largest relative difference of the rows beyond the absolute tolerances, rows on one side only)."""
+    rep = check_same(a, b, 0.0)
+    worst = max((abs(r["b"] - r["a"]) / max(abs(r["a"]), abs(r["b"])) for r in rep.rows_beyond), default=0.0)
+    return worst, rep.missing
