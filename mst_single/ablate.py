@@ -108,58 +108,12 @@ def check(args) -> int:
     code = run(rerun)
     if code != 0:
         return code
+    from mst_single.compare import check_same
+
+    # the rerun went to another folder but is the same experiment (check_same matches on its name too)
     report = check_same(R.read_csv(committed / "results.csv"), R.read_csv(rerun.out / "results.csv"))
-    print(report)
+    print(report.text)
     return 0 if report.ok else 1
-
-
-def check_same(committed: list[dict], rerun: list[dict]):
-    """``mst_single.compare.check_same`` (per-metric tolerances, seed-mean test; pipeline contract), or
-    until it exists the old ``--check-same 0.02`` rule: every matched value within 2 % relative."""
-    from mst_single import compare
-
-    if hasattr(compare, "check_same"):
-        return compare.check_same(committed, rerun)
-    return _interim_check(committed, rerun)
-
-
-class _Report:
-    def __init__(self, ok: bool, text: str):
-        self.ok, self.text = ok, text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _interim_check(committed: list[dict], rerun: list[dict], rel_tol: float = 0.02) -> _Report:
-    """INTERIM (until compare.check_same): rows matched on every column but ``value``; a row differs
-    when |a - b| / max(|a|, |b|) > rel_tol; lists the largest differences."""
-    import math
-
-    from mst_single.experiments.records import RESULTS_COLUMNS
-
-    def keyed(rows):
-        return {tuple(r[c] for c in RESULTS_COLUMNS if c != "value"): float(r["value"]) for r in rows}
-
-    a, b = keyed(committed), keyed(rerun)
-    lines = [f"only in the committed results: {k}" for k in sorted(set(a) - set(b))][:10]
-    lines += [f"only in the rerun: {k}" for k in sorted(set(b) - set(a))][:10]
-    diffs = []
-    for k in sorted(set(a) & set(b)):
-        x, y = a[k], b[k]
-        if x == y or (math.isnan(x) and math.isnan(y)):
-            continue
-        rel = abs(x - y) / max(abs(x), abs(y)) if math.isfinite(max(abs(x), abs(y))) else math.inf
-        if rel > rel_tol:
-            diffs.append((rel, k, x, y))
-    for rel, k, x, y in sorted(diffs, reverse=True)[:20]:
-        key = dict(zip([c for c in RESULTS_COLUMNS if c != "value"], k))
-        lines.append(f"differs by {100 * rel:.2f} %: {key['variant']} {key['eval_policy']} data {key['data']} "
-                     f"fold {key['fold']} seed {key['seed']} {key['song']} {key['metric']}: {x:.6g} -> {y:.6g}")
-    ok = not diffs and set(a) == set(b)
-    lines.append(f"{'REPRODUCED' if ok else 'NOT REPRODUCED'}: {len(set(a) & set(b))} rows matched, {len(diffs)} differ "
-                 f"by more than {100 * rel_tol:g} % (relative), {len(set(a) ^ set(b))} unmatched")
-    return _Report(ok, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------- sweep

@@ -14,7 +14,7 @@ COMMANDS = {
     "check-data": ("mst_single.checkdata", "check a raw/ + mixed/ folder and print a per-song table"),
     "mix": ("mst_single.mix", "mix a raw vocal with a trained checkpoint"),
     "ablate": ("mst_single.ablate", "train and evaluate every variant of an experiment"),
-    "compare": ("mst_single.compare", "one table of mean ± std per variant from results or runs"),
+    "compare": ("mst_single.compare", "mean ± std tables from results, runs or W&B; --check-same: did a rerun reproduce?"),
 }
 # Handed to LightningCLI as they are (see mst_single.train).
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

@@ -32,11 +32,27 @@ METRIC_UNITS = {
     "mrstft": "", "l1": "", "si_sdr": "dB", "lufs_err": "LU", "centroid_err": "Hz", "dynamics_err": "dB",
     "param_err": "",
 }
+# The smallest difference of each metric that counts, in the metric's unit: below it two values are a
+# tie (``experiments.stats.win_tie_loss``) and the same result (``compare.check_same``, which also has
+# a relative tolerance; near-zero metrics such as the identity's lufs_err are thus compared absolutely).
+# Scales: ~1 % of a vocal mix's MR-STFT (0.5-1.5) and of its L1 (0.02-0.05); 0.1 dB SI-SDR; 0.1 LU
+# (a loudness meter's display step, well below the ~1 LU a listener notices); 5 Hz of centroid; 0.05 dB
+# of level distribution; 0.01 of a parameter's [0, 1] range (``param_err`` and ``param_err/<name>``).
+ABS_TOL = {"mrstft": 0.01, "l1": 5e-4, "si_sdr": 0.1, "lufs_err": 0.1, "centroid_err": 5.0, "dynamics_err": 0.05,
+           "param_err": 0.01}
 DYNAMICS_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.95)
 BLOCK_SECONDS, BLOCK_HOP_SECONDS = 0.4, 0.1  # the momentary-loudness block of BS.1770 / EBU R128
 BLOCK_GATE_DB = -70.0  # absolute gate: silence between phrases says nothing about dynamics
 
 _LOSS = None
+
+
+def abs_tolerance(metric: str) -> float:
+    """:data:`ABS_TOL` of a metric key (``val/mrstft`` -> ``mrstft``, ``param_err/gain_db`` -> ``param_err``);
+    0 for a metric it does not know (compared relatively only)."""
+    for prefix in ("val/", "test/"):
+        metric = metric.removeprefix(prefix)
+    return ABS_TOL.get(metric.split("/")[0], 0.0)
 
 
 def as_array(x) -> np.ndarray:
@@ -198,6 +214,14 @@ def normalize_value(value: float, spec) -> float:
     else:
         t = (value - low) / (high - low)
     return min(max(t, 0.0), 1.0)
+
+
+def value_in_units(t: float, spec) -> float:
+    """The inverse of :func:`normalize_value`: a [0, 1] value of ``spec``'s range in its units."""
+    t, low, high = min(max(float(t), 0.0), 1.0), float(spec.low), float(spec.high)
+    if str(getattr(spec, "scale", "linear")).startswith("log") and low > 0:
+        return low * (high / low) ** t
+    return low + t * (high - low)
 
 
 def all_metrics(output, target, sample_rate: int) -> dict[str, float]:

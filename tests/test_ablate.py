@@ -513,7 +513,12 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
         assert job == ("baseline" if r["variant"] in ("identity", "mean-preset", "oracle") else "fit")
 
     md = (out / "results.md").read_text()
-    assert "| approach1 (eval ref: other) | 2 |" in md and "| oracle | 2 |" in md
+    # led by the paired statistics (every song of both folds), then collapse, then mean ± std
+    assert md.index("### Paired differences") < md.index("### Collapse") < md.index("### Mean ± std")
+    n = len(songs)
+    assert f"| approach2 vs mean-preset | {n} |" in md and f"| approach1 (eval ref: other) vs mean-preset | {n} |" in md
+    assert "approach1 (eval ref: song, upper bound)" in md and "approach1 (eval ref: shuffled, control)" in md
+    assert "| oracle |" in md and f"{n} test songs; seeds 0; 2 folds" in md
     html = (out / "report.html").read_text()
     assert "src='audio/demo/" in html and "<th>true</th>" in html
     prov = json.loads((out / "provenance.json").read_text())
@@ -527,18 +532,6 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
     assert cli([folder, "--budget", "test", "--check", "--out", tmp_path / "rerun"]) == 0
     printed = capsys.readouterr().out
     assert "REPRODUCED" in printed and "NOT REPRODUCED" not in printed
-
-
-def test_the_check_lists_rows_that_differ():
-    base = dict(experiment="e", budget="smoke", data="demo", variant="approach2", approach="approach2", policy="-",
-                eval_policy="-", fold="0", seed="0", song="mean")
-    a = [dict(base, metric="mrstft", value="1.0"), dict(base, metric="l1", value="0.5")]
-    same = ablate.check_same(a, [dict(r) for r in a])
-    assert same.ok and "REPRODUCED" in str(same)
-    b = [dict(a[0], value="1.1"), dict(a[1])]
-    diff = ablate.check_same(a, b)
-    assert not diff.ok and "approach2" in str(diff) and "mrstft: 1 -> 1.1" in str(diff)
-    assert not ablate.check_same(a, a[:1]).ok
 
 
 def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):

@@ -1,115 +1,241 @@
-"""`mst-single compare`: tables from results folders and run folders, reproduction check, errors."""
+"""`mst-single compare`: tables that never mix budgets or data sets nor count reruns as seeds, the
+`--check-same` reproduction check, real run folders and W&B offline runs of tiny real fits."""
 import argparse
-import math
+import csv
+import shutil
 
 import pytest
 
+from contract_rows import experiment_rows
 from mst_single import compare
 from mst_single.errors import MstError
+from mst_single.experiments.records import write_csv
 
 
-def write_results_csv(path, rows):
-    """results.csv in compare's columns (the rows below have no budget/data/fold)."""
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=compare.COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows({**r, "value": repr(float(r["value"]))} for r in rows)
+def results_folder(path, rows):
+    write_csv(path / "results.csv", rows, compare.COLUMNS)
+    return path
 
 
-def rows_for(experiment, variant, seed_values, metric="mrstft", eval_policy="-", song_values=None):
+def seed_rows(variant, seed_values, metric="mrstft", budget="smoke", data="demo", songs=("a", "b"), eval_policy="-"):
+    """Rows of ``variant`` whose seed s scores ``seed_values[s]`` on every song (mean rows included)."""
     out = []
     for seed, v in enumerate(seed_values):
-        base = dict(experiment=experiment, variant=variant, approach="approach1", policy="song",
-                    eval_policy=eval_policy, seed=seed)
-        out.append(dict(base, song="mean", metric=metric, value=v))
-        for song, sv in (song_values or {}).items():
-            out.append(dict(base, song=song, metric=metric, value=sv))
+        base = dict(experiment="e01", budget=budget, data=data, variant=variant, approach="-", policy="-",
+                    eval_policy=eval_policy, fold=0, seed=seed, metric=metric)
+        out += [dict(base, song=s, value=v) for s in songs] + [dict(base, song="mean", value=v)]
     return out
-
-
-def results_folder(tmp_path, name, rows):
-    folder = tmp_path / name / "results"
-    write_results_csv(folder / "results.csv", rows)
-    return folder
 
 
 def cli(argv):
     parser = argparse.ArgumentParser()
     compare.add_arguments(parser)
-    return compare.run(parser.parse_args(argv))
+    return compare.run(parser.parse_args([str(a) for a in argv]))
 
 
-def test_two_results_folders_give_one_table_with_mean_and_std(tmp_path, capsys):
-    a = results_folder(tmp_path, "e01", rows_for("e01", "approach1", [1.0, 2.0, 3.0], song_values={"s1": 9.0})
-                       + rows_for("e01", "approach1", [5.0, 7.0, 9.0], metric="si_sdr")
-                       + rows_for("e01", "oracle", [0.5]))
-    b = results_folder(tmp_path, "e03", rows_for("e03", "l1-only", [2.0, 2.0]))
-    assert cli([str(a), str(b.parent.parent / "e03"), "--out", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv")]) == 0
+# ----------------------------------------------------------------------------------------------- tables
+def test_budgets_and_data_sets_get_their_own_tables_and_reruns_are_not_seeds(tmp_path, capsys):
+    exp = tmp_path / "e01"
+    results_folder(exp / "results" / "smoke", seed_rows("approach2", [1.0, 2.0, 3.0]) + seed_rows("oracle", [0.5])
+                   + seed_rows("approach2", [7.0], data="other-data"))
+    results_folder(exp / "results" / "cpu", seed_rows("approach2", [0.8, 0.9], budget="cpu"))
+    out_md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    # the experiment folder (both budgets) plus its smoke folder again: the same runs, read twice
+    assert cli([exp, exp / "results" / "smoke", "--out", out_md, "--csv", out_csv]) == 0
     printed = capsys.readouterr().out
-    # per-seed song means only (the per-song value 9.0 is not averaged in); sample std of 1,2,3 = 1
-    assert "| e01/approach1 | 3 | 2.000 ± 1.000 | 7.000 ± 2.000 |" in printed  # only row with si_sdr: not bold
-    assert "| e03/l1-only | 2 | 2.000 ± 0.000 |" in printed
-    assert "| e01/oracle | 1 | **0.500** |" in printed  # single seed: no std; lowest mrstft in bold
-    assert (tmp_path / "t.md").read_text() == printed
-    lines = (tmp_path / "t.csv").read_text().splitlines()
-    assert lines[0] == "variant,metric,n,mean,std"
-    assert "e01/approach1,mrstft,3,2.0,1.0" in lines
-    assert "e01/oracle,mrstft,1,0.5," in lines
+    assert "note: 15 repeated rows ignored" in printed
+    smoke, other, cpu = (printed.split(h)[1].split("budget `")[0] for h in
+                         ("budget `smoke`, data `demo`", "budget `smoke`, data `other-data`", "budget `cpu`, data `demo`"))
+    assert "| approach2 | 3 | 2.000 ± 1.000 |" in smoke and "| oracle | 1 | **0.500** |" in smoke
+    assert "| approach2 | 1 | 7.000 |" in other and "| approach2 | 2 | 0.850 ± 0.071 |" in cpu
+    assert out_md.read_text() in printed
+    lines = out_csv.read_text().splitlines()
+    assert lines[0] == "budget,data,variant,metric,n,mean,std"
+    assert "smoke,demo,approach2,mrstft,3,2.0,1.0" in lines and "smoke,other-data,approach2,mrstft,1,7.0," in lines
+    assert lines[1].startswith("cpu,demo,approach2,mrstft,2,0.85")
 
 
-def test_summarize_labels_eval_policy_and_skips_per_parameter_errors():
-    rows = (rows_for("e02", "song", [1.0], eval_policy="other")
-            + rows_for("e02", "song", [0.2], metric="param_err/gain_db", eval_policy="other")
-            + rows_for("e02", "song", [0.3], metric="param_err", eval_policy="other"))
-    labels, metrics, stats = compare.summarize(rows)
-    assert labels == ["song (eval ref: other)"]
-    assert metrics == ["mrstft", "param_err"]
-    assert stats[("song (eval ref: other)", "param_err")][0] == 0.3
-    assert math.isnan(stats[("song (eval ref: other)", "mrstft")][1])
-
-
-def test_run_folders_are_grouped_by_name_without_seed(tmp_path, capsys):
-    for seed, val in ((0, 0.4), (1, 0.6)):
-        run = tmp_path / "runs" / f"approach2-s{seed}"
-        run.mkdir(parents=True)
-        (run / "config.yaml").write_text(f"seed_everything: {seed}\n")
-        (run / "metrics.csv").write_text(
-            "epoch,step,train/loss,val/loss,val/mrstft\n"
-            f"0,4,1.5,,\n0,4,,{val + 1},{val + 0.5}\n1,9,1.2,,\n1,9,,{val},{val - 0.1}\n")
-    assert cli([str(tmp_path / "runs" / "approach2-s0"), str(tmp_path / "runs" / "approach2-s1")]) == 0
-    out = capsys.readouterr().out
-    assert "| approach2 | 2 | 0.500 ± 0.141 | 0.400 ± 0.141 |" in out  # last val/loss, val/mrstft
-
-
-def test_check_same_passes_within_tolerance_and_fails_beyond(tmp_path, capsys):
-    a = results_folder(tmp_path, "a", rows_for("e", "v", [1.0, 2.0]))
-    b = results_folder(tmp_path, "b", rows_for("e", "v", [1.01, 2.0]))
-    c = results_folder(tmp_path, "c", rows_for("e", "v", [1.5, 2.0]))
-    d = results_folder(tmp_path, "d", rows_for("e", "v", [1.0]))
-    assert cli([str(a), str(b), "--check-same", "0.02"]) == 0
-    assert "REPRODUCED" in capsys.readouterr().out
-    assert cli([str(a), str(c), "--check-same", "0.02"]) == 1
-    assert cli([str(a), str(d), "--check-same", "0.02"]) == 1
-    assert "only in the first" in capsys.readouterr().out
+def test_an_older_results_csv_without_budget_data_fold_is_read(tmp_path, capsys):
+    old = tmp_path / "results.csv"
+    old.write_text("experiment,variant,approach,policy,eval_policy,seed,song,metric,value\n"
+                   "e01,approach1,approach1,song,other,0,s1,mrstft,1.5\ne01,approach1,approach1,song,other,0,mean,mrstft,1.5\n")
+    assert cli([old]) == 0
+    assert "| approach1 (eval ref: other) | 1 | 1.500 |" in capsys.readouterr().out
 
 
 def test_errors_name_the_path_and_the_fix(tmp_path):
     with pytest.raises(MstError, match="no such file"):
-        cli([str(tmp_path / "missing")])
+        cli([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(MstError, match="neither a results folder"):
-        cli([str(tmp_path / "empty")])
+        cli([tmp_path / "empty"])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.csv").write_text("a,b\n1,2\n")
     with pytest.raises(MstError, match="not an ablation results.csv"):
-        cli([str(tmp_path / "bad")])
+        cli([tmp_path / "bad"])
     with pytest.raises(MstError, match="--group"):
         cli(["--wandb", "me/proj"])
+    with pytest.raises(MstError, match="no W&B offline runs"):
+        cli(["--wandb", tmp_path / "empty"])
     with pytest.raises(MstError, match="nothing to compare"):
         cli([])
+    with pytest.raises(MstError, match="exactly two"):
+        cli([tmp_path / "bad", "--check-same", "0.02"])
+
+
+# ----------------------------------------------------------------------------------------------- check-same
+def test_near_zero_metrics_are_compared_absolutely():
+    """Issue 15: identity lufs_err 5e-8 vs 1.7e-7 and per-parameter errors 2e-4 vs 1e-2 are no difference."""
+    a = seed_rows("identity", [5e-8], "lufs_err") + seed_rows("approach2", [2e-4], "param_err/gain_db")
+    b = seed_rows("identity", [1.7e-7], "lufs_err") + seed_rows("approach2", [1e-2], "param_err/gain_db")
+    report = compare.check_same(a, b, 0.02)
+    assert report.ok and report.rows_beyond == [] and "REPRODUCED: 2 of 2 seed means" in report.text
+    c = seed_rows("approach2", [3e-2], "param_err/gain_db")  # 0.03 of the range: beyond ABS_TOL 0.01
+    assert not compare.check_same(a[4:], c, 0.02).ok
+
+
+def test_seed_means_within_two_standard_errors_reproduce_a_real_shift_does_not():
+    committed = seed_rows("approach2", [1.0, 1.1, 0.9]) + seed_rows("oracle", [0.5])
+    # per run up to 9 % apart, the same seed mean: seeds differ more than that from each other
+    rerun = seed_rows("approach2", [1.05, 1.0, 0.95]) + seed_rows("oracle", [0.5])
+    report = compare.check_same(committed, rerun, 0.02)
+    assert report.ok, report.text
+    assert len(report.rows_beyond) == 9  # 3 seeds x (2 songs + mean) beyond max(0.01, 2 %)
+    assert "(not decisive: the seed means are)" in report.text
+    g = next(g for g in report.groups if g["label"] == "approach2")
+    assert g["why"] == "2 SE" and g["allowed"] == pytest.approx(2 * ((0.1**2 + 0.05**2) / 3) ** 0.5)  # sd 0.1, 0.05
+    shifted = seed_rows("approach2", [1.3, 1.4, 1.2]) + seed_rows("oracle", [0.5])
+    bad = compare.check_same(committed, shifted, 0.02)
+    assert not bad.ok
+    assert "DIFFERS smoke/demo approach2 mrstft: seed mean 1.000 -> 1.300 (Δ 0.300" in bad.text
+    assert bad.text.splitlines()[-1].startswith("NOT REPRODUCED: 1 of 2 seed means within tolerance")
+
+
+def test_a_ranking_that_flips_within_tolerance_is_reported():
+    committed = seed_rows("approach1", [1.0, 1.02]) + seed_rows("approach2", [1.01, 1.03])
+    rerun = seed_rows("approach1", [1.02, 1.04]) + seed_rows("approach2", [1.0, 1.02])
+    report = compare.check_same(committed, rerun, 0.02)
+    assert report.ok  # each within tolerance ...
+    assert "the ranking by mrstft changed (best first): approach1, approach2 -> approach2, approach1" in report.text
+    assert "ranking" not in compare.check_same(committed, committed).text  # ... but no winner can be named
+
+
+def test_a_single_seed_is_held_to_the_relative_and_absolute_tolerance():
+    a = seed_rows("approach2", [1.0])
+    assert compare.check_same(a, seed_rows("approach2", [1.015]), 0.02).ok  # 1.5 % < 2 %
+    assert not compare.check_same(a, seed_rows("approach2", [1.059]), 0.02).ok  # issue 15: 5.9 %
+    assert compare.check_same(a, seed_rows("approach2", [1.059]), 0.06).ok
+
+
+def test_missing_rows_fail_and_other_budgets_or_data_are_refused():
+    a = seed_rows("approach2", [1.0, 1.1])
+    report = compare.check_same(a, seed_rows("approach2", [1.0]), 0.02)
+    assert not report.ok and report.missing and "missing: only in the first" in report.text
+    with pytest.raises(MstError, match="different budgets/data sets"):
+        compare.check_same(a, seed_rows("approach2", [1.0, 1.1], budget="cpu"))
+    with pytest.raises(MstError, match="different budgets/data sets"):
+        compare.check_same(a, seed_rows("approach2", [1.0, 1.1], data="demo-adaptive"))
+    # a repeated row (a rerun appended to the same file) is not another seed
+    report = compare.check_same(a + a, a)
+    assert report.ok and "ignored repeated rows" in report.text
+
+
+def test_check_same_on_full_results_folders(tmp_path, capsys):
+    rows, _, _ = experiment_rows(songs=8, seeds=3, folds=2)
+    a = results_folder(tmp_path / "committed", rows)
+    b = results_folder(tmp_path / "same", rows)
+    drift = [dict(r, value=r["value"] * (1.05 if r["variant"] == "approach2" and r["metric"] == "mrstft" else 1))
+             for r in rows]
+    c = results_folder(tmp_path / "drift", drift)
+    assert cli([a, b, "--check-same", "0.02"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("REPRODUCED")
+    assert cli([a, c, "--check-same", "0.02"]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERS cpu/demo-adaptive approach2 mrstft" in out and out.count("DIFFERS") == 1
+    assert cli([a, c, "--check-same", "0.06"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------- real runs
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """Two tiny real `mst-single fit` runs (approach2, seeds 0 and 1) with W&B offline, as ablate names them."""
+    import wandb
+
+    from conftest import make_vocal_data, tiny_fit_args
+    from mst_single.train import cli_main
+
+    root = tmp_path_factory.mktemp("compare-runs")
+    data = make_vocal_data(root / "demo", songs=5, seconds=3)
+    runs = root / "runs"
+    for seed in (0, 1):
+        args = tiny_fit_args(data, runs)
+        args[args.index("--wandb") + 1] = "true"
+        rc = cli_main(["fit", "-c", "configs/approach2.yaml", *args, "--run_name", f"approach2-s{seed}",
+                       "--seed_everything", str(seed), "--wandb_group", "e01",
+                       "--tags", '["budget-smoke", "data-demo"]'])
+        assert rc == 0
+        wandb.finish()  # as ablate's worker does: the next fit in this process starts its own W&B run
+    return runs
+
+
+@pytest.mark.slow
+def test_real_run_folders_and_their_wandb_offline_runs_give_the_same_table(real_runs, tmp_path, capsys, monkeypatch):
+    s0, s1 = real_runs / "approach2-s0", real_runs / "approach2-s1"
+    last = {}
+    for run in (s0, s1):  # the last validation values of each run's metrics.csv
+        for r in csv.DictReader(open(run / "metrics.csv")):
+            last.update({(run.name, k): float(v) for k, v in r.items() if k in ("val/loss", "val/mrstft") and v})
+    rows = compare.rows_from_path(s0) + compare.rows_from_path(s1)
+    assert {(r["variant"], r["seed"], r["data"], r["experiment"]) for r in rows} == {
+        ("approach2", "0", "demo", "e01"), ("approach2", "1", "demo", "e01")}
+    assert next(r["value"] for r in rows if r["seed"] == "1" and r["metric"] == "val/mrstft") == last[(s1.name, "val/mrstft")]
+    assert {r["metric"] for r in rows} == {"val/l1", "val/loss", "val/mrstft"}  # not val/params/*
+
+    rerun = tmp_path / "elsewhere" / "approach2-s0"  # the same run in another folder: not a third seed
+    shutil.copytree(s0, rerun)
+    assert cli([s0, s1, rerun]) == 0
+    table = capsys.readouterr().out
+    assert "repeated rows ignored" in table and "| approach2 | 2 |" in table
+
+    offline = compare.offline_runs(real_runs)
+    assert sorted(r.name for r in offline) == ["approach2-s0", "approach2-s1"]
+    assert {r.group for r in offline} == {"e01"} and "budget-smoke" in offline[0].tags
+    assert cli(["--wandb", real_runs, "--group", "e01"]) == 0
+    from_wandb = capsys.readouterr().out
+    assert "budget `smoke`, data `demo`:" in from_wandb  # budget and data from the run's tags
+    assert from_wandb.split("\n", 2)[2] == table.split("\n", 3)[3]  # the same numbers as metrics.csv
+
+    # online: only the network is replaced; the runs are the real ones read back from their files
+    import wandb
+
+    class Api:
+        def __init__(self, timeout=None):
+            pass
+
+        def runs(self, project, filters):
+            assert project == "me/vocal-mst" and filters == {"group": "e01"}
+            return offline + offline[:1]  # a run listed twice (same id) counts once
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    assert cli(["--wandb", "me/vocal-mst", "--group", "e01"]) == 0
+    assert capsys.readouterr().out == from_wandb
+
+
+def test_wandb_summary_keys_eval_policy_and_config(capsys):
+    runs = [compare.WandbRun("id0", "approach1-f1-s0", "e01", ["approach1"],
+                             {"budget": "cpu", "data": "demo-per-song", "variant": "approach1"},
+                             {"eval/song/mrstft": 1.0, "eval/other/mrstft": 2.0, "eval/shuffled/mrstft": 2.5,
+                              "eval/param_err/gain_db": 0.1, "_step": 3, "note": "x", "flag": True}),
+            compare.WandbRun("id1", "approach1-f1-s1", "e01", [], {"budget": "cpu", "data": "demo-per-song"},
+                             {"eval/song/mrstft": 3.0, "eval/other/mrstft": 4.0}),
+            compare.WandbRun("id2", "approach2-s0", "other-group", [], {}, {"eval/mrstft": 0.5})]
+    rows = compare.rows_from_wandb(runs, "e01")
+    assert {(r["variant"], r["fold"], r["seed"], r["eval_policy"]) for r in rows if r["metric"] == "mrstft"} == {
+        ("approach1", "1", "0", "song"), ("approach1", "1", "0", "other"), ("approach1", "1", "0", "shuffled"),
+        ("approach1", "1", "1", "song"), ("approach1", "1", "1", "other")}
+    assert {r["budget"] for r in rows} == {"cpu"} and not any(r["metric"] == "flag" for r in rows)
+    with pytest.raises(MstError, match="no W&B runs of group 'nope'"):
+        compare.rows_from_wandb(runs, "nope")
 
 
 def test_wandb_without_login_or_network_is_a_clear_error(tmp_path, monkeypatch):
@@ -119,32 +245,4 @@ def test_wandb_without_login_or_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(MstError, match="cannot read W&B project 'me/proj'") as e:
         cli(["--wandb", "me/proj", "--group", "e01"])
-    assert "wandb login" in str(e.value)
-
-
-def test_wandb_group_runs_become_rows_per_variant_and_eval_policy(monkeypatch, capsys):
-    import wandb
-
-    class Run:
-        def __init__(self, name, summary):
-            self.name, self.config, self.summary = name, {}, summary
-
-    runs = [Run("approach1-s0", {"eval/song/mrstft": 1.0, "eval/other/mrstft": 2.0, "eval/param_err/gain_db": 0.1,
-                                 "_step": 3, "note": "x"}),
-            Run("approach1-s1", {"eval/song/mrstft": 3.0, "eval/other/mrstft": 4.0}),
-            Run("approach2-s0", {"eval/mrstft": 0.5})]
-
-    class Api:
-        def __init__(self, timeout=None):
-            pass
-
-        def runs(self, project, filters):
-            assert project == "me/proj" and filters == {"group": "e01"}
-            return runs
-
-    monkeypatch.setattr(wandb, "Api", Api)
-    assert cli(["--wandb", "me/proj", "--group", "e01"]) == 0
-    out = capsys.readouterr().out
-    assert "| approach1 (eval ref: song) | 2 | 2.000 ± 1.414 |" in out
-    assert "| approach1 (eval ref: other) | 2 | 3.000 ± 1.414 |" in out
-    assert "| approach2 | 1 | **0.500** |" in out and "param_err" not in out
+    assert "wandb login" in str(e.value) and "--wandb RESULTS_FOLDER" in str(e.value)

@@ -117,3 +117,14 @@ def test_param_error_normalised_units_only_for_given_names():
     assert metrics.param_error(pred, {}, specs) == {}
     # out-of-range truth is clipped to the console's box, not extrapolated
     assert metrics.param_error({"gain_db": 24.0}, {"gain_db": 40.0}, specs)["param_err"] == 0.0
+
+
+def test_abs_tolerance_and_value_in_units():
+    from mst_single.console import specs_for
+
+    M = metrics
+    assert M.abs_tolerance("mrstft") == 0.01 and M.abs_tolerance("val/mrstft") == 0.01
+    assert M.abs_tolerance("param_err/gain_db") == M.ABS_TOL["param_err"] and M.abs_tolerance("val/loss") == 0.0
+    for spec in specs_for(48000):  # the inverse of normalize_value, linear and log ranges alike
+        for t in (0.0, 0.3, 1.0):
+            assert M.normalize_value(M.value_in_units(t, spec), spec) == pytest.approx(t, abs=1e-9)

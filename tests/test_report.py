@@ -1,8 +1,8 @@
 """Plots and the HTML report: files exist, are PNGs, and the HTML references them relatively."""
 import numpy as np
 
-from mst_single import report
-from mst_single.compare import markdown_table, summarize
+from mst_single.experiments import report
+from mst_single.experiments.tables import markdown_table, summarize
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -21,6 +21,8 @@ def test_metric_plots_one_png_per_metric(tmp_path):
     paths = report.metric_plots(rows(), tmp_path / "plots")
     assert [p.name for p in paths] == ["metric_mrstft.png", "metric_si_sdr.png"]
     assert all(p.read_bytes()[:8] == PNG for p in paths)
+    assert [p.name for p in report.metric_plots(rows(), tmp_path / "p2", "demo", ["si_sdr", "nope"])] == \
+        ["metric_si_sdr_demo.png"]
 
 
 def test_training_curves_from_lightning_csv(tmp_path):
@@ -31,6 +33,8 @@ def test_training_curves_from_lightning_csv(tmp_path):
     assert report.pick_curves(curves) == ["train/loss", "val/loss"]
     png = report.training_curves_png({"a-s0": csv, "missing": tmp_path / "nope.csv"}, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == PNG
+    # several runs of one variant (seeds, folds) share a label
+    assert report.training_curves_png([("a", csv), ("a", csv), ("b", csv)], tmp_path / "c2.png").exists()
     empty = tmp_path / "empty.csv"
     empty.write_text("epoch,step,lr\n0,1,0.1\n")
     assert report.training_curves_png({"x": empty}, tmp_path / "none.png") is None
@@ -46,7 +50,8 @@ def test_report_html_has_players_images_table_and_params(tmp_path):
     plots = report.metric_plots(rows(), tmp_path / "plots")
     table = markdown_table(*summarize(rows()))
     params = {"columns": ["true", "approach1"], "rows": [["gain_db", "dB", 2.0, 1.25], ["comp_ratio", ":1", None, 4.0]]}
-    out = report.write_report(tmp_path / "report.html", "e01 & co", "Question <x>", table, plots,
+    sections = [("Mean ± std", "a note", table), ("Empty", "", "")]
+    out = report.write_report(tmp_path / "report.html", "e01 & co", "Question <x>", sections, plots,
                               [dict(name="song1", note="n", audio=[("raw", audio)], spectrogram=spec, params=params)])
     html = out.read_text()
     assert "<audio controls preload='none' src='audio/song1/raw.flac'>" in html
@@ -54,4 +59,5 @@ def test_report_html_has_players_images_table_and_params(tmp_path):
     assert "e01 &amp; co" in html and "Question &lt;x&gt;" in html  # escaped
     assert "<td>approach1</td>" in html and "<b>1.100 ± 0.141</b>" in html  # results table, best bold
     assert "<td>gain_db</td><td>dB</td><td class=\"num\">2</td><td class=\"num\">1.25</td>" in html
+    assert "<h2>Mean ± std</h2>\n<p>a note</p>" in html and "Empty" not in html  # empty tables are skipped
     assert str(tmp_path) not in html  # every reference is relative: the folder can move

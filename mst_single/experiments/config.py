@@ -32,8 +32,7 @@ from mst_single.train import read_yaml_mapping
 
 CONFIG_NAME = "config.yaml"
 COMMAND_PREFIX = "# mst-single ablate "
-NONE = "-"  # approach/policy/eval_policy where it does not apply (baselines, approach2)
-BASELINES = ("identity", "identity-level-matched", "mean-preset", "oracle")
+from mst_single.experiments.records import BASELINES, NONE  # noqa: E402,F401 (re-exported)
 RESERVED = set(BASELINES) | {"raw", "target"}
 VARIANT_KEYS = {"configs", "overrides", "train_fraction", "description", "data"}
 DEMO_BUILD = "mst-single demo-data {folder}"

@@ -24,6 +24,8 @@ from pathlib import Path
 from mst_single.errors import MstError
 from mst_single.fileio import write_text
 
+NONE = "-"  # approach/policy/eval_policy where it does not apply (baselines, approach2)
+BASELINES = ("identity", "identity-level-matched", "mean-preset", "oracle")
 RESULTS_COLUMNS = ("experiment", "budget", "data", "variant", "approach", "policy", "eval_policy", "fold", "seed",
                    "song", "metric", "value")
 PREDICTIONS_COLUMNS = ("experiment", "budget", "data", "variant", "eval_policy", "fold", "seed", "song", "param",
@@ -46,13 +48,15 @@ def _cell(v) -> str:
     return "" if v is None else str(v)
 
 
-def write_csv(path: Path, columns: tuple, rows: list[dict]) -> Path:
-    """Rows (dicts holding at least ``columns``) as CSV, atomically, columns in that order."""
+def write_csv(path: Path, rows: list[dict], columns=None) -> Path:
+    """Rows as CSV, atomically, ``columns`` in that order (default: every key, first seen first);
+    floats (and every ``value``) written with repr, so they read back exactly."""
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_cell(float(r[c]) if c == "value" else r[c]) for c in columns])
+        w.writerow([_cell(float(r[c]) if c == "value" else r.get(c)) for c in columns])
     return write_text(path, buf.getvalue())
 
 

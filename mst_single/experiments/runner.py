@@ -602,7 +602,18 @@ def report_inputs(plan: Plan, evals: list[dict], base: dict) -> dict:
     curves = {f"{e['variant']}-{e['data']}-f{e['fold']}-s{e['seed']}": str(Path(e["checkpoint"]).parent.parent / "metrics.csv")
               for e in evals}
     sr = any_eval.get("sample_rate") or next((b.get("sample_rate") for b in base.values() if b.get("sample_rate")), None)
-    return dict(seconds=plan.report["seconds"], sample_rate=sr, specs=specs, songs=songs, training_curves=curves)
+    # every test song's true setting (demo data), in [0, 1] of the console the runs used
+    from mst_single.console import specs_for
+    from mst_single.experiments.collapse import normalize_truth
+
+    by_name = {s.name: s for s in specs_for(int(sr or 48000))}  # ranges depend on the rate, not the stages
+    param_specs = [by_name[name] for name, _ in specs if name in by_name]
+    truth_units: dict = {}
+    for (d, _), b in base.items():
+        truth_units.setdefault(d, {}).update({s: t for s, t in (b.get("truth") or {}).items() if t})
+    truth = {d: normalize_truth(t, param_specs) for d, t in truth_units.items()}
+    return dict(seconds=plan.report["seconds"], sample_rate=sr, specs=param_specs, songs=songs, training_curves=curves,
+                truth=truth)
 
 
 def write_outputs(plan: Plan, tables: dict, command: str, wall_s: float) -> str:
@@ -610,26 +621,17 @@ def write_outputs(plan: Plan, tables: dict, command: str, wall_s: float) -> str:
     README block."""
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
-    R.write_csv(out / "results.csv", R.RESULTS_COLUMNS, tables["results"])
-    R.write_csv(out / "predictions.csv", R.PREDICTIONS_COLUMNS, tables["predictions"])
-    R.write_csv(out / "runs.csv", R.RUNS_COLUMNS, tables["runs"])
-    block = write_tables(out, experiment=plan.exp, budget=plan.budget, command=command, results=tables["results"],
-                         predictions=tables["predictions"], runs=tables["runs"],
-                         data={d: str(plan.data[d]["folder"]) for d in plan.splits}, seeds=plan.seeds, folds=plan.folds,
-                         wall_seconds=wall_s, report=tables["report"])
-    return block
+    R.write_csv(out / "results.csv", tables["results"], R.RESULTS_COLUMNS)
+    R.write_csv(out / "predictions.csv", tables["predictions"], R.PREDICTIONS_COLUMNS)
+    R.write_csv(out / "runs.csv", tables["runs"], R.RUNS_COLUMNS)
+    from mst_single.experiments.tables import write_results
 
-
-def write_tables(out: Path, **kw) -> str:
-    """``mst_single.experiments.tables.write_results`` (the statistics, tables, plots and report; see the
-    pipeline contract), or the interim writer of today's tables until that module exists."""
-    import importlib
-    import importlib.util
-
-    name = "mst_single.experiments.tables"
-    if importlib.util.find_spec(name) is None:
-        name = "mst_single.experiments.interim_tables"
-    return importlib.import_module(name).write_results(out, **kw)
+    rep = tables["report"]
+    meta = dict(command=command, wall_seconds=wall_s, data_paths={d: str(plan.data[d]["folder"]) for d in plan.splits},
+                truth=rep["truth"], specs=rep["specs"], curves=rep["training_curves"],
+                report_songs=[dict(data=s["data"], name=s["song"], audio=s["audio"]) for s in rep["songs"]])
+    return write_results(out, plan.exp, plan.budget, tables["results"], tables["predictions"], tables["runs"],
+                         meta)["readme_block"]
 
 
 def update_readme(folder: Path, budget: str, block: str) -> bool:
