@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ TARGET_LUFS = (-15.0, -13.0)  # integrated loudness of the mixed file, uniform p
 LATENCY_MS = (0.0, 40.0)
 TAIL_SECONDS = 1.0  # lets the reverb ring out after the last phrase
 # The output gain and limiter follow the loudness measurement; everything before it is "pre".
-_POST = ("output_gain", "limiter", "ceiling")
+_POST = ("output_gain", "limiter", "ceiling", "peak_ceiling")
 
 # pedalboard setting -> our console's parameter (same units) where the console has a direct counterpart.
 _PARAM_MAP = {
@@ -105,15 +106,17 @@ NO_COUNTERPART = {
 
 # --- adaptive and per-song: the console-like chain --------------------------------------------
 STYLES = ("house", "adaptive", "per-song")
-FIXED_TARGET_LUFS = -18.0  # every adaptive / per-song mix lands here (a vocal stem with headroom)
-PEAK_CEILING_DBFS = -1.0  # ... unless its sample peak would pass this; then it is turned down
+FIXED_TARGET_LUFS = -20.0  # every adaptive / per-song mix lands here (a vocal stem with headroom)
+PEAK_CEILING_DBFS = -1.0  # a rare transient above this is turned down locally (PeakCeiling), nothing else
+PEAK_LOOKAHEAD_MS = 2.5
 INPUT_LUFS = -23.0  # the raw vocal is normalised to this first (= the models' target_lufs)
 REVERB_SEED = 1  # the console's reverb family, another noise realisation than the console's seed 0
-# Chain order; every stage has a console counterpart (role -> pedalboard plugin, or our reverb send).
+# Chain order (role, pedalboard plugin or one of ours: ConsoleReverb, PeakCeiling); every stage but
+# the peak ceiling has a console counterpart.
 CONSOLE_CHAIN = (("input_gain", "Gain"), ("low_shelf", "LowShelfFilter"), ("band1", "PeakFilter"),
                  ("band2", "PeakFilter"), ("band3", "PeakFilter"), ("band4", "PeakFilter"),
                  ("high_shelf", "HighShelfFilter"), ("compressor", "Compressor"), ("reverb", "ConsoleReverb"),
-                 ("output_gain", "Gain"))
+                 ("output_gain", "Gain"), ("peak_ceiling", "PeakCeiling"))
 # Console parameter -> (role, setting) in CONSOLE_CHAIN. `gain_db` is the gain after the -23 LUFS
 # normalisation; the Gain plugin applies both (its gain_db = normalisation + gain_db).
 _CONSOLE_PARAM_MAP = {
@@ -138,6 +141,9 @@ CONSOLE_CHAIN_CAVEATS = {
                   "smooths its gain reduction with a soft knee (comp_knee_db 0 here): close, not identical",
     "reverb": "the console's reverb (mst_single.functional.reverb_ir) with noise seed 1; the console uses "
               "seed 0, so the parameters are exact but the noise realisation differs",
+    "peak_ceiling": "ours, no console counterpart: where a sample would pass ceiling_db, the gain dips to "
+                    "just below it (minimum over +-lookahead_ms, Hann-smoothed); everywhere else it is exactly 1. "
+                    "songs[NAME]['ceiling_reduction_db'] is the largest dip: 0 for almost every song",
     "input_gain": "params gain_db is relative to the raw vocal normalised to input_lufs; the Gain plugin "
                   "applies normalisation_gain_db + gain_db",
 }
@@ -162,7 +168,8 @@ PER_SONG_RANGES = {
     "reverb_decay_s": (0.3, 3.0, "log"), "reverb_predelay_ms": (0.0, 60.0, "linear"),
     "reverb_tone": (0.1, 0.9, "linear"), "reverb_wet_db": (-32.0, -8.0, "linear"),
 }
-# Above 0.45 * sample_rate a band would lose its shape (and pedalboard refuses Nyquist).
+# = console.MAX_FREQ_FRACTION (not imported: that would import torch with this module): bands stay
+# below 0.45 * sample_rate, where RBJ biquads keep their shape.
 _MAX_FREQ_FRACTION = 0.45
 
 
@@ -212,67 +219,68 @@ class Rule:
         return d
 
 
-# The adaptive producer. Anchors are set from the features' spread over many takes (5th..95th
-# percentile, seed 0) so that the settings cover their ranges.
+# The adaptive producer. Feature anchors are the 5th and 95th percentiles of the feature over 48
+# whole takes (seed 0, 48 kHz, 15 s), so that the settings cover their ranges.
 ADAPTIVE_RULES = (
     Rule("gain_db", None, 0, 1, 0.0, 0.0, noise=0.5, why="constant: the input is normalised first"),
     Rule("eq_low_shelf_freq_hz", None, 0, 1, 120.0, 120.0, "log", 0.05),
     Rule("eq_low_shelf_q", None, 0, 1, 0.707, 0.707),
-    Rule("eq_low_shelf_gain_db", "low_db", -55.0, -5.0, 2.0, -8.0, noise=0.5,
+    Rule("eq_low_shelf_gain_db", "low_db", -55.0, 5.0, 2.0, -8.0, noise=0.5,
          why="more energy below 150 Hz -> a deeper low-shelf cut"),
-    Rule("eq_band1_freq_hz", "boom_hz", 250.0, 500.0, 200.0, 450.0, "log", 0.04,
+    Rule("eq_band1_freq_hz", "boom_hz", 255.0, 490.0, 200.0, 450.0, "log", 0.04,
          why="the low-mid cut sits where the take's 150-600 Hz energy is centred"),
     Rule("eq_band1_q", None, 0, 1, 1.2, 1.2, "log", 0.05),
-    Rule("eq_band1_gain_db", "boom_db", -5.0, 14.0, 0.0, -10.0, noise=0.5,
+    Rule("eq_band1_gain_db", "boom_db", -35.0, 20.0, 0.0, -10.0, noise=0.5,
          why="boomier take (150-500 Hz vs 0.5-2 kHz) -> deeper low-mid cut"),
     Rule("eq_band2_freq_hz", None, 0, 1, 900.0, 900.0, "log", 0.05),
     Rule("eq_band2_q", None, 0, 1, 1.5, 1.5, "log", 0.05),
     Rule("eq_band2_gain_db", None, 0, 1, -2.0, -2.0, noise=0.5),
     Rule("eq_band3_freq_hz", None, 0, 1, 3200.0, 3200.0, "log", 0.05),
     Rule("eq_band3_q", None, 0, 1, 1.0, 1.0, "log", 0.05),
-    Rule("eq_band3_gain_db", "presence_db", -21.0, -11.0, 9.0, -2.0, noise=0.5,
+    Rule("eq_band3_gain_db", "presence_db", -20.0, -8.5, 9.0, -2.0, noise=0.5,
          why="duller take (2-6 kHz vs 0.5-2 kHz) -> more presence"),
     Rule("eq_band4_freq_hz", None, 0, 1, 7000.0, 7000.0, "log", 0.05),
     Rule("eq_band4_q", None, 0, 1, 3.0, 3.0, "log", 0.05),
-    Rule("eq_band4_gain_db", "sibilance_db", -34.0, -15.0, 0.0, -10.0, noise=0.5,
+    Rule("eq_band4_gain_db", "sibilance_db", -56.0, -32.5, 0.0, -10.0, noise=0.5,
          why="stronger sibilants -> deeper de-essing cut"),
     Rule("eq_high_shelf_freq_hz", None, 0, 1, 10000.0, 10000.0, "log", 0.05),
     Rule("eq_high_shelf_q", None, 0, 1, 0.707, 0.707),
-    Rule("eq_high_shelf_gain_db", "air_db", -45.0, -20.0, 8.0, -3.0, noise=0.5,
+    Rule("eq_high_shelf_gain_db", "air_db", -48.0, -29.5, 8.0, -3.0, noise=0.5,
          why="less air (6-12 kHz vs 0.5-2 kHz) -> more high-shelf boost"),
-    Rule("comp_threshold_db", "dynamics_db", 10.0, 19.0, -16.0, -36.0, noise=1.0,
+    Rule("comp_threshold_db", "dynamics_db", 9.0, 17.0, -16.0, -36.0, noise=1.0,
          why="wider level spread -> lower threshold"),
-    Rule("comp_ratio", "dynamics_db", 10.0, 19.0, 1.5, 8.0, "log", 0.05,
+    Rule("comp_ratio", "dynamics_db", 9.0, 17.0, 1.5, 8.0, "log", 0.05,
          why="wider level spread -> higher ratio"),
-    Rule("comp_attack_ms", "crest_db", 12.0, 17.0, 30.0, 2.0, "log", 0.1,
+    Rule("comp_attack_ms", "crest_db", 4.6, 8.7, 30.0, 2.0, "log", 0.1,
          why="peakier take (higher crest factor) -> faster attack"),
-    Rule("comp_release_ms", "pause_fraction", 0.15, 0.5, 60.0, 300.0, "log", 0.1,
+    Rule("comp_release_ms", "pause_fraction", 0.15, 0.42, 60.0, 300.0, "log", 0.1,
          why="sparser phrasing -> slower release"),
-    Rule("reverb_decay_s", "pause_fraction", 0.15, 0.5, 0.5, 2.8, "log", 0.05,
+    Rule("reverb_decay_s", "pause_fraction", 0.15, 0.42, 0.5, 2.8, "log", 0.05,
          why="more pauses -> a longer reverb to fill them"),
-    Rule("reverb_wet_db", "pause_fraction", 0.15, 0.5, -28.0, -10.0, noise=1.0,
+    Rule("reverb_wet_db", "pause_fraction", 0.15, 0.42, -28.0, -10.0, noise=1.0,
          why="more pauses -> more reverb"),
     Rule("reverb_predelay_ms", None, 0, 1, 20.0, 20.0, noise=3.0),
-    Rule("reverb_tone", "presence_db", -21.0, -11.0, 0.8, 0.3, noise=0.03,
+    Rule("reverb_tone", "presence_db", -20.0, -8.5, 0.8, 0.3, noise=0.03,
          why="brighter take -> darker reverb"),
 )
 FEATURES = {
-    "low_db": "LTAS energy 60-150 Hz relative to 0.5-2 kHz (dB), active frames",
-    "boom_db": "LTAS energy 150-500 Hz relative to 0.5-2 kHz (dB), active frames",
-    "boom_hz": "power-weighted geometric-mean frequency of the LTAS in 150-600 Hz (Hz)",
-    "presence_db": "LTAS energy 2-6 kHz relative to 0.5-2 kHz (dB)",
-    "air_db": "LTAS energy 6-12 kHz (capped at 0.45 fs) relative to 0.5-2 kHz (dB)",
-    "sibilance_db": "99th percentile over active frames of the 4-10 kHz frame energy, relative to the "
-                    "95th percentile of the frame energy (dB): how loud the loudest sibilants are",
+    "low_db": "median over active frames of the 60-150 Hz energy relative to 0.5-2 kHz (dB)",
+    "boom_db": "median over active frames of the 150-500 Hz energy relative to 0.5-2 kHz (dB)",
+    "boom_hz": "power-weighted geometric-mean frequency of the mean spectrum of active frames in 150-600 Hz (Hz)",
+    "presence_db": "median over active frames of the 2-6 kHz energy relative to 0.5-2 kHz (dB)",
+    "air_db": "median over active frames of the 6-12 kHz (capped at 0.45 fs) energy relative to 0.5-2 kHz (dB)",
+    "sibilance_db": "90th percentile over active frames of the 4-10 kHz energy, relative to the 95th "
+                    "percentile of the frame energy (dB): how loud the hissy frames are",
     "dynamics_db": "90th minus 10th percentile of the 100 ms RMS level (dB, hop 50 ms) over windows within "
                    "25 dB of the 95th-percentile window level",
-    "crest_db": "peak sample level minus the mean power level of non-pause 100 ms windows (dB)",
+    "crest_db": "median over 20 ms blocks within 20 dB of the loud ones of the block's peak-to-RMS ratio (dB): "
+                "how peaky the waveform is",
     "pause_fraction": "fraction of 100 ms windows (hop 50 ms) more than 40 dB below the 95th-percentile "
                       "window level",
 }
-FEATURE_NOTES = ("LTAS = mean power spectrum (Hann, ~40 ms frames, 50 % overlap) over active frames: frames "
-                 "within 30 dB of the 95th-percentile frame energy. All features are level-independent, "
-                 "computed from the raw file's samples by mst_single.demo.measure_take.")
+FEATURE_NOTES = ("Frames: Hann, ~40 ms (a power of two), 50 % overlap; active frames: within 30 dB of the "
+                 "95th-percentile frame energy. All features are level-independent, computed from the raw "
+                 "file's samples by mst_single.demo.measure_take.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -288,9 +296,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each raw vocal in s (default 15)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed -> byte-identical files")
     parser.add_argument("--sample-rate", type=int, default=48000, help="Hz (default 48000)")
+    parser.add_argument("--describe", action="store_true",
+                        help="write nothing: print the spread of every console parameter in the existing OUT "
+                             "and how well a random segment of each raw vocal predicts each adaptive rule's setting")
+    parser.add_argument("--segment-seconds", type=float, default=2.0,
+                        help="segment length for --describe (s, default 2)")
 
 
 def run(args) -> int:
+    if args.describe:
+        if not (Path(args.out) / "truth.json").is_file():
+            raise MstError("no truth.json: not a demo data folder", Path(args.out) / "truth.json",
+                           "build one first: mst-single demo-data OUT --style adaptive")
+        print(describe(args.out, segment_seconds=args.segment_seconds, seed=args.seed))
+        return 0
     out = make_demo_data(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed,
                          sample_rate=args.sample_rate, style=args.style)
     print(f"wrote {args.songs} {args.style} songs to {out}/raw, {out}/mixed, {out}/truth.json and {out}/manifest.json")
@@ -399,14 +418,12 @@ def _console_style_song(out: Path, name: str, i: int, voice, style: str, seconds
     params = adaptive_params(features, rng, sr) if style == "adaptive" else per_song_params(rng, sr)
     settings = _actual_settings(console_chain_settings(params, norm_db))
     pre = np.concatenate([np.zeros((2, latency), np.float32), _render(_pad_tail(raw, sr), sr, settings, post=False)], 1)
-    # Everything after the loudness measurement is one linear gain; only the -70 LUFS absolute gate
-    # (quiet blocks that it lets in once louder) makes a second correction necessary. A mix that would
-    # peak above PEAK_CEILING_DBFS gets a lower target instead of clipping (recorded as target_lufs).
-    pre_lufs = integrated_loudness(pre, sr)
-    target = min(FIXED_TARGET_LUFS, round(PEAK_CEILING_DBFS - float(20 * np.log10(np.abs(pre).max() + 1e-12))
-                                          + pre_lufs, 3))
-    gain = target - pre_lufs
-    for _ in range(3):
+    # After the loudness measurement: one linear gain and the peak ceiling (idle almost always). Only
+    # the -70 LUFS absolute gate (quiet blocks let in once louder) and the ceiling's rare dips make a
+    # second correction necessary.
+    target = FIXED_TARGET_LUFS
+    gain = target - integrated_loudness(pre, sr)
+    for _ in range(4):
         settings["output_gain"]["gain_db"] = round(float(gain), 3)
         settings = _actual_settings(settings)
         mixed = _render(pre, sr, settings, post=True)
@@ -428,6 +445,9 @@ def _console_style_song(out: Path, name: str, i: int, voice, style: str, seconds
         "normalisation_gain_db": norm_db,
         "mixed_lufs": round(mixed_lufs, 3),
         "target_lufs": target,
+        # how far the loudest sample would have passed the ceiling (dB; 0: the ceiling stayed idle)
+        "ceiling_reduction_db": round(max(0.0, float(20 * np.log10(np.abs(pre).max() + 1e-12))
+                                          + settings["output_gain"]["gain_db"] - PEAK_CEILING_DBFS), 2),
         "peak_dbfs": round(float(20 * np.log10(np.abs(mixed).max() + 1e-12)), 2),
         "features": {k: round(v, 4) for k, v in features.items()},
         "params": truth_params,
@@ -445,9 +465,8 @@ def console_chain(style: str) -> dict:
         "input": "the raw vocal is normalised to input_lufs first (BS.1770 integrated, whole file); params "
                  "gain_db is the gain after that, the input_gain plugin applies both",
         "target_lufs": FIXED_TARGET_LUFS,
-        "output_gain": "set per song so that the mixed file reaches target_lufs (the chain after it is linear); "
-                       "a song whose sample peak would exceed peak_ceiling_dbfs there is turned down to reach "
-                       "that peak instead (its songs[NAME]['target_lufs'] says so)",
+        "output_gain": "set per song so that the mixed file reaches target_lufs; then a peak ceiling at "
+                       "peak_ceiling_dbfs (see caveats) keeps the rare transient that would pass it from clipping",
         "peak_ceiling_dbfs": PEAK_CEILING_DBFS,
         "latency_ms": list(LATENCY_MS),
         "latency": "leading zero samples in the mixed file (mixed is late by latency_samples)",
@@ -543,35 +562,39 @@ def measure_take(raw: np.ndarray, sample_rate: int) -> dict:
     f = np.fft.rfftfreq(n_fft, 1.0 / sr)
     e_db = 10 * np.log10(P.sum(1) + 1e-20)
     active = e_db > np.percentile(e_db, 95) - 30.0
-    ltas = P[active].mean(0)
+    Pa = P[active]
     top = _MAX_FREQ_FRACTION * sr
 
-    def band(lo, hi, spec=ltas):
+    def band_db(lo, hi):  # (active frames,) energy in [lo, hi) Hz, dB
         m = (f >= lo) & (f < min(hi, top))
-        return spec[..., m].sum(-1) + 1e-20
+        return 10 * np.log10(Pa[:, m].sum(1) + 1e-20)
 
-    mid = band(500, 2000)
+    mid = band_db(500, 2000)
+    ltas = Pa.mean(0)
     low_mid = (f >= 150) & (f < 600)
     boom_hz = float(np.exp(np.sum(ltas[low_mid] * np.log(f[low_mid])) / (ltas[low_mid].sum() + 1e-20)))
-    hf_db = 10 * np.log10(band(4000, 10000, P[active]))
 
-    # levels of 100 ms windows, hop 50 ms
+    # 100 ms windows, hop 50 ms: pauses, level spread; 20 ms blocks: waveform crest
     w = max(1, int(0.1 * sr))
     pw = sliding_window_view(x * x, w)[:: w // 2].mean(1) if x.size >= w else np.array([np.mean(x * x)])
     lv = 10 * np.log10(pw + 1e-20)
     ref = np.percentile(lv, 95)
-    sung = lv > ref - 40.0  # not a pause (breaths count as sung)
     voiced = lv > ref - 25.0  # the singing itself
+    b = max(1, int(0.02 * sr))
+    blocks = x[: x.size // b * b].reshape(-1, b)
+    rms = np.sqrt(np.mean(blocks ** 2, 1)) + 1e-12
+    blk_db = 20 * np.log10(rms)
+    loud = blk_db > np.percentile(blk_db, 95) - 20.0
     return {
-        "low_db": float(10 * np.log10(band(60, 150) / mid)),
-        "boom_db": float(10 * np.log10(band(150, 500) / mid)),
+        "low_db": float(np.median(band_db(60, 150) - mid)),
+        "boom_db": float(np.median(band_db(150, 500) - mid)),
         "boom_hz": boom_hz,
-        "presence_db": float(10 * np.log10(band(2000, 6000) / mid)),
-        "air_db": float(10 * np.log10(band(6000, 12000) / mid)),
-        "sibilance_db": float(np.percentile(hf_db, 99) - np.percentile(e_db, 95)),
+        "presence_db": float(np.median(band_db(2000, 6000) - mid)),
+        "air_db": float(np.median(band_db(6000, 12000) - mid)),
+        "sibilance_db": float(np.percentile(band_db(4000, 10000), 90) - np.percentile(e_db, 95)),
         "dynamics_db": float(np.percentile(lv[voiced], 90) - np.percentile(lv[voiced], 10)),
-        "crest_db": float(20 * np.log10(np.abs(x).max() + 1e-10) - 10 * np.log10(pw[sung].mean() + 1e-20)),
-        "pause_fraction": float(1.0 - sung.mean()),
+        "crest_db": float(np.median(20 * np.log10(np.abs(blocks[loud]).max(1) / rms[loud]))),
+        "pause_fraction": float(np.mean(lv < ref - 40.0)),
     }
 
 
@@ -598,7 +621,7 @@ def _limit(params: dict, sample_rate: int) -> dict:
         elif k == "comp_ratio":
             v = round(max(v, 1.0), 3)
         elif k in ("comp_attack_ms", "comp_release_ms", "reverb_decay_s"):
-            v = round(max(v, 0.1 if k != "reverb_decay_s" else 0.1), 3)
+            v = round(max(v, 0.1), 3)
         elif k == "reverb_predelay_ms":
             v = round(min(max(v, 0.0), 100.0), 2)
         elif k == "reverb_tone":
@@ -619,6 +642,7 @@ def console_chain_settings(params: dict, normalisation_gain_db: float) -> dict:
     settings["input_gain"]["gain_db"] = round(normalisation_gain_db + params["gain_db"], 3)
     settings["output_gain"]["gain_db"] = 0.0
     settings["reverb"]["seed"] = REVERB_SEED
+    settings["peak_ceiling"].update(ceiling_db=PEAK_CEILING_DBFS, lookahead_ms=PEAK_LOOKAHEAD_MS)
     return settings
 
 
@@ -652,10 +676,11 @@ def _render(x, sample_rate, settings, post):
     for role, s in settings.items():
         if (role in _POST) != post:
             continue
-        if s["plugin"] == "ConsoleReverb":  # ours, not pedalboard's: run what came before, then the send
+        if s["plugin"] in ("ConsoleReverb", "PeakCeiling"):  # ours: run what came before, then this stage
             if plugins:
                 x = pb.Pedalboard(plugins)(x, float(sample_rate), reset=True)
-            x, plugins = _reverb_send(x, sample_rate, s), []
+            stage = _reverb_send if s["plugin"] == "ConsoleReverb" else _peak_ceiling
+            x, plugins = stage(x, sample_rate, s), []
             continue
         kw = {k: v for k, v in s.items() if k != "plugin"}
         if "freeze_mode" in kw:
@@ -680,12 +705,36 @@ def _reverb_send(x, sample_rate, s):
     return (x + wet).astype(np.float32)
 
 
+def _ceiling_gain(x, sample_rate, ceiling_db, lookahead_ms):
+    """(samples,) gain <= 1 that keeps (channels, samples) x at or below ceiling_db: the sample-wise
+    need min(1, ceiling / |x|), its minimum over +-lookahead, smoothed by a Hann of the same span (an
+    average of minima over windows that all contain the sample, so never above the need)."""
+    from scipy.ndimage import minimum_filter1d
+
+    c = 10 ** (ceiling_db / 20)
+    need = np.minimum(1.0, c / np.maximum(np.abs(x).max(0).astype(np.float64), 1e-12))
+    if need.min() >= 1.0:
+        return np.ones(x.shape[-1])
+    w = max(1, int(round(lookahead_ms * 1e-3 * sample_rate)))
+    g = minimum_filter1d(need, 2 * w + 1, mode="nearest")
+    h = np.hanning(2 * w + 3)[1:-1]
+    g = np.convolve(np.pad(g, w, mode="edge"), h / h.sum(), mode="valid")
+    g = np.minimum(g, need)  # rounding of the average must not overshoot the need
+    g[g > 1.0 - 1e-9] = 1.0  # exactly idle where nothing is near the ceiling
+    return g
+
+
+def _peak_ceiling(x, sample_rate, s):
+    g = _ceiling_gain(x, sample_rate, s["ceiling_db"], s["lookahead_ms"])
+    return x if (g == 1.0).all() else (x * g).astype(np.float32)
+
+
 def _actual_settings(settings):
     """Read every setting back from the constructed plugins (pedalboard stores float32)."""
     pb = _pedalboard()
     out = copy.deepcopy(settings)
     for role, s in out.items():
-        if s["plugin"] == "ConsoleReverb":
+        if s["plugin"] in ("ConsoleReverb", "PeakCeiling"):
             continue
         kw = {k: v for k, v in s.items() if k != "plugin"}
         plugin = getattr(pb, s["plugin"])(**kw)
@@ -711,3 +760,41 @@ def _pedalboard():
         raise MstError("the demo data needs pedalboard (the optional [demo] extra), which is not installed",
                        fix="pip install -e .[demo]") from e
     return pedalboard
+
+
+def describe(root, segment_seconds: float = 2.0, seed: int = 0) -> str:
+    """A markdown report on demo data in ``root``: each console parameter's spread across songs
+    (min / median / max) and, per adaptive rule, how well a random ``segment_seconds`` segment of
+    the raw vocal predicts the song's setting (Pearson r between the feature measured on the
+    segment and the setting; the same for the whole song). Segments from ``default_rng(seed)``."""
+    import soundfile as sf
+
+    root = Path(root)
+    truth = json.loads((root / "truth.json").read_text())
+    songs = truth["songs"]
+    names = list(songs)
+    params = {k: np.array([songs[n]["params"][k] for n in names]) for k in songs[names[0]]["params"]}
+    lines = [f"{root}: {len(names)} songs, style {truth.get('style', 'house')}", "",
+             "| parameter | min | median | max |", "|---|---|---|---|"]
+    fmt = lambda v: f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"  # noqa: E731
+    lines += [f"| `{k}` | {fmt(v.min())} | {fmt(np.median(v))} | {fmt(v.max())} |" for k, v in params.items()]
+    rules = [r for r in ADAPTIVE_RULES if r.feature is not None]
+    if "features" not in songs[names[0]]:
+        return "\n".join(lines)
+    rng = np.random.default_rng(seed)
+    seg = {}
+    for n in names:
+        x, sr = sf.read(root / "raw" / f"{n}.wav", dtype="float32")
+        m = int(segment_seconds * sr)
+        a = int(rng.integers(0, max(1, x.size - m)))
+        seg[n] = measure_take(x[a:a + m], sr)
+    lines += ["", f"| rule | r(feature on a {segment_seconds:g} s segment, setting) | r(whole-song feature, setting) |",
+              "|---|---|---|"]
+    for r in rules:
+        y = params[r.param]
+        y = np.log(y) if r.scale == "log" else y
+        whole = np.array([songs[n]["features"][r.feature] for n in names])
+        part = np.array([seg[n][r.feature] for n in names])
+        lines.append(f"| `{r.param}` <- `{r.feature}` | {np.corrcoef(part, y)[0, 1]:+.2f} | "
+                     f"{np.corrcoef(whole, y)[0, 1]:+.2f} |")
+    return "\n".join(lines)

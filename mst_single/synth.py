@@ -67,12 +67,14 @@ class Take:
     """How one recording sounds beyond the singer (every field is stable along the song).
 
     Args:
-        dynamics: 0 (even) .. 1 (very dynamic): syllable levels (std 0.3 .. 5 dB, accents 0 .. 8 dB), phrase levels
-            (spread 2 .. 12 dB) and the depth of the song-long arc all grow with it.
+        dynamics: 0 (even) .. 1 (very dynamic): syllable levels (std 0.3 .. 5.5 dB, accents 0 .. 9 dB),
+            swells within notes (+-0.5 .. 6 dB), phrase levels (spread 2 .. 10 dB) and the depth of the
+            song-long arc all grow with it.
         arc_db: depth (dB) of the song-long level arc (quiet verse, loud chorus).
         arc_shape: 0 crescendo, 1 verse/chorus step, 2 arch (loud middle), 3 decrescendo.
-        density: 0 (sparse: short phrases, pauses of 1.2-2.8 s) .. 1 (dense: long phrases, pauses
-            of 0.1-0.3 s).
+        density: 0 (sparse: short, slow, detached phrases, up to 0.35 s of silence between
+            syllables, pauses of 1.2-2.8 s) .. 1 (dense: long, quick, legato phrases, pauses of
+            0.1-0.3 s).
         tilt_db_per_octave: microphone/room colour, a spectral tilt around 1 kHz (dB/octave;
             negative = dull, positive = bright), limited to +-15 dB.
         chest_db, chest_hz, chest_q: a resonance added to the take (dB, Hz, Q): chest voice,
@@ -213,12 +215,17 @@ def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Ge
 def _plan(seconds: float, voice: Voice, rng: np.random.Generator, take: Take | None = None) -> dict:
     # Without a take: the original constants (and the same random draws, in the same order).
     if take is None:
-        spread, syl_std, accent, gaps, counts, arc = 9.0, 1.5, 2.5, (0.25, 0.9), (3, 9), None
+        spread, syl_std, accent, swell, gaps, counts, arc = 9.0, 1.5, 2.5, 3.0, (0.25, 0.9), (3, 9), None
+        pace, detached = (0.8, 1.25), 0.0
     else:
+        # Dynamics and density show within a few seconds too: syllable levels and swells, and the
+        # pace of the syllables, not only phrase levels and pause lengths.
         d, p = take.dynamics, take.density
-        spread, syl_std, accent = 2.0 + 10.0 * d, 0.3 + 4.7 * d, 8.0 * d
+        spread, syl_std, accent, swell = 2.0 + 8.0 * d, 0.3 + 5.2 * d, 9.0 * d, 0.5 + 5.5 * d
         gaps = (0.1 + 1.1 * (1 - p), 0.3 + 2.5 * (1 - p))
         counts = (2 + int(round(4 * p)), 6 + int(round(7 * p)))
+        pace = (1.3 - 0.5 * p, 1.45 - 0.5 * p)  # sparse songs are slow too
+        detached = 1.0 - p
         arc = (take.arc_db, take.arc_shape)
     lo, hi = 69 + 12 * np.log2(voice.f0_low_hz / 440), 69 + 12 * np.log2(voice.f0_high_hz / 440)
     scale = _SCALES[rng.integers(len(_SCALES))]
@@ -227,7 +234,7 @@ def _plan(seconds: float, voice: Voice, rng: np.random.Generator, take: Take | N
     tonic = np.floor(bottom)
     pitches = np.array([tonic + 12 * o + s for o in range(-1, 3) for s in scale], dtype=np.float64)
     pitches = pitches[(pitches >= bottom) & (pitches <= bottom + span)]
-    tempo = rng.uniform(0.8, 1.25)  # syllable-length scale
+    tempo = rng.uniform(*pace)  # syllable-length scale
 
     phrases, breaths = [], []
     t = rng.uniform(0.2, 0.6)
@@ -265,8 +272,10 @@ def _plan(seconds: float, voice: Voice, rng: np.random.Generator, take: Take | N
             sylls.append(dict(start=t, end=t + dur, onset=onset, vowel=vowel, vowel2=vowel2,
                               midi=pitches[idx],
                               db=level + rng.normal(0, syl_std) + (accent if rng.random() < 0.2 else 0),
-                              swell=rng.uniform(-3, 3), glide=rng.uniform(0.04, 0.12)))
+                              swell=rng.uniform(-swell, swell), glide=rng.uniform(0.04, 0.12)))
             t += dur
+            if detached and not last:  # sparse singers leave short silences between syllables too
+                t += detached * rng.uniform(0.0, 0.35)
         if not sylls:
             break
         coda = rng.choice(["", "", "", "s", "t"])
