@@ -110,7 +110,10 @@ FIXED_TARGET_LUFS = -20.0  # every adaptive / per-song mix lands here (a vocal s
 PEAK_CEILING_DBFS = -1.0  # a rare transient above this is turned down locally (PeakCeiling), nothing else
 PEAK_LOOKAHEAD_MS = 2.5
 INPUT_LUFS = -23.0  # the raw vocal is normalised to this first (= the models' target_lufs)
-REVERB_SEED = 1  # the console's reverb family, another noise realisation than the console's seed 0
+REVERB_SEED = 0  # the console's own reverb: the same impulse response for the same parameters
+# pedalboard's (JUCE) compressor smooths with exp(-2 pi 1000 / (T_ms fs)), the console with
+# exp(-1000 / (T_ms fs)): a JUCE time is 2 pi times the console time constant that behaves alike.
+JUCE_TIME_FACTOR = 2.0 * np.pi
 # Chain order (role, pedalboard plugin or one of ours: ConsoleReverb, PeakCeiling); every stage but
 # the peak ceiling has a console counterpart.
 CONSOLE_CHAIN = (("input_gain", "Gain"), ("low_shelf", "LowShelfFilter"), ("band1", "PeakFilter"),
@@ -138,9 +141,11 @@ _CONSOLE_PARAM_MAP = {
 _CONSOLE_FIXED = {"comp_knee_db": 0.0, "comp_makeup_db": 0.0}
 CONSOLE_CHAIN_CAVEATS = {
     "compressor": "pedalboard's Compressor (JUCE) smooths a peak detector and has a hard knee; the console "
-                  "smooths its gain reduction with a soft knee (comp_knee_db 0 here): close, not identical",
-    "reverb": "the console's reverb (mst_single.functional.reverb_ir) with noise seed 1; the console uses "
-              "seed 0, so the parameters are exact but the noise realisation differs",
+                  "smooths its gain reduction (comp_knee_db 0 here): close, not identical. JUCE's attack/release "
+                  "times are 2 pi times a one-pole time constant, so the plugin gets 2 pi x params "
+                  "comp_attack_ms / comp_release_ms (the console's convention)",
+    "reverb": "the console's own reverb (mst_single.functional.reverb_ir, noise seed 0): the same impulse "
+              "response as the console's for the same parameters",
     "peak_ceiling": "ours, no console counterpart: where a sample would pass ceiling_db, the gain dips to "
                     "just below it (minimum over +-lookahead_ms, Hann-smoothed); everywhere else it is exactly 1. "
                     "songs[NAME]['ceiling_reduction_db'] is the largest dip: 0 for almost every song",
@@ -164,7 +169,7 @@ PER_SONG_RANGES = {
     "eq_high_shelf_gain_db": (-4.0, 8.0, "linear"), "eq_high_shelf_freq_hz": (7000.0, 14000.0, "log"),
     "eq_high_shelf_q": (0.5, 1.0, "linear"),
     "comp_threshold_db": (-40.0, -14.0, "linear"), "comp_ratio": (1.2, 10.0, "log"),
-    "comp_attack_ms": (1.0, 40.0, "log"), "comp_release_ms": (40.0, 400.0, "log"),
+    "comp_attack_ms": (0.5, 25.0, "log"), "comp_release_ms": (30.0, 300.0, "log"),
     "reverb_decay_s": (0.3, 3.0, "log"), "reverb_predelay_ms": (0.0, 60.0, "linear"),
     "reverb_tone": (0.1, 0.9, "linear"), "reverb_wet_db": (-32.0, -8.0, "linear"),
 }
@@ -251,9 +256,9 @@ ADAPTIVE_RULES = (
          why="wider level spread -> lower threshold"),
     Rule("comp_ratio", "dynamics_db", 9.0, 17.0, 1.5, 8.0, "log", 0.05,
          why="wider level spread -> higher ratio"),
-    Rule("comp_attack_ms", "crest_db", 4.6, 8.7, 30.0, 2.0, "log", 0.1,
+    Rule("comp_attack_ms", "crest_db", 4.6, 8.7, 20.0, 1.0, "log", 0.1,
          why="peakier take (higher crest factor) -> faster attack"),
-    Rule("comp_release_ms", "pause_fraction", 0.15, 0.42, 60.0, 300.0, "log", 0.1,
+    Rule("comp_release_ms", "pause_fraction", 0.15, 0.42, 40.0, 250.0, "log", 0.1,
          why="sparser phrasing -> slower release"),
     Rule("reverb_decay_s", "pause_fraction", 0.15, 0.42, 0.5, 2.8, "log", 0.05,
          why="more pauses -> a longer reverb to fill them"),
@@ -434,7 +439,8 @@ def _console_style_song(out: Path, name: str, i: int, voice, style: str, seconds
     write_audio(out / "mixed" / f"{name}.wav", mixed, sr, subtype="PCM_24")
 
     truth_params = {p: settings[role][key] for p, (role, key) in _CONSOLE_PARAM_MAP.items()}
-    truth_params["gain_db"] = params["gain_db"]
+    for p in ("gain_db", "comp_attack_ms", "comp_release_ms"):  # not the plugin's own values (see chain caveats)
+        truth_params[p] = params[p]
     truth_params.update(_CONSOLE_FIXED)
     return {
         "voice": voice.name,
@@ -459,7 +465,7 @@ def console_chain(style: str) -> dict:
     """The JSON description of the adaptive / per-song chain, and its rules or ranges."""
     out = {
         "engine": "pedalboard (Spotify, GPL-3.0) built-in plugins; the reverb send is the console's reverb "
-                  "impulse response (numpy/torch) with noise seed 1",
+                  "impulse response; the peak ceiling is ours",
         "chain": [{"role": role, "plugin": plugin} for role, plugin in CONSOLE_CHAIN],
         "input_lufs": INPUT_LUFS,
         "input": "the raw vocal is normalised to input_lufs first (BS.1770 integrated, whole file); params "
@@ -640,6 +646,8 @@ def console_chain_settings(params: dict, normalisation_gain_db: float) -> dict:
         if name in params:
             settings[role][key] = params[name]
     settings["input_gain"]["gain_db"] = round(normalisation_gain_db + params["gain_db"], 3)
+    for key in ("attack_ms", "release_ms"):
+        settings["compressor"][key] = round(params[f"comp_{key}"] * JUCE_TIME_FACTOR, 3)
     settings["output_gain"]["gain_db"] = 0.0
     settings["reverb"]["seed"] = REVERB_SEED
     settings["peak_ceiling"].update(ceiling_db=PEAK_CEILING_DBFS, lookahead_ms=PEAK_LOOKAHEAD_MS)

@@ -327,7 +327,9 @@ def test_console_style_truth_json(styled, style):
         assert set(params) == set(demo._CONSOLE_PARAM_MAP) | {"comp_knee_db", "comp_makeup_db"}
         assert set(params) <= CONSOLE_NAMES
         for p, (role, key) in demo._CONSOLE_PARAM_MAP.items():
-            if p != "gain_db":
+            if p in ("comp_attack_ms", "comp_release_ms"):  # JUCE times are 2 pi x the console's
+                assert pb[role][key] == pytest.approx(2 * np.pi * params[p], rel=1e-4), p
+            elif p != "gain_db":
                 assert params[p] == pb[role][key], p
         # the input gain plugin applies the -23 LUFS normalisation and then gain_db
         assert pb["input_gain"]["gain_db"] == pytest.approx(song["normalisation_gain_db"] + params["gain_db"], abs=1e-3)
@@ -541,3 +543,33 @@ def test_peak_ceiling_is_idle_below_and_local_above():
     touched = np.flatnonzero((y != x).any(0))
     assert touched.min() >= 5000 - 3 * 0.0025 * SR and touched.max() <= 5003 + 3 * 0.0025 * SR
     assert (np.abs(y) <= np.abs(x) + 1e-9).all()
+
+
+@pytest.mark.parametrize("style", ["adaptive", "per-song"])
+def test_console_reproduces_the_mix_from_truth_params(styled, style):
+    """The oracle is meaningful: our console with truth.json's params is far closer to the mix than
+    with another song's params (EQ, reverb and loudness exact; only the compressors differ)."""
+    import torch
+
+    from mst_single.console import VocalConsole
+    from mst_single.evaluate import mix_song
+    from mst_single.losses import MRSTFTL1Loss
+
+    root = styled[style]
+    songs = _truth(root)["songs"]
+    names = list(songs)
+    console, loss = VocalConsole(SR), MRSTFTL1Loss()
+    for i, name in enumerate(names):
+        song = songs[name]
+        raw, _ = sf.read(root / "raw" / f"{name}.wav", dtype="float32")
+        mixed, _ = sf.read(root / "mixed" / f"{name}.wav", dtype="float32", always_2d=True)
+        lat = song["latency_samples"]
+        target = torch.from_numpy(np.ascontiguousarray(mixed.T[:, lat:lat + raw.size]))[None]
+
+        def dist(params):
+            out = mix_song(console, demo.INPUT_LUFS, raw[None], console.normalize(params))
+            return float(loss(torch.from_numpy(out)[None], target)["mrstft"])
+
+        own = dist(song["params"])
+        other = dist(songs[names[(i + 1) % len(names)]]["params"])
+        assert own < 0.2 and own < 0.5 * other, (name, own, other)
