@@ -552,7 +552,6 @@ def test_console_reproduces_the_mix_from_truth_params(styled, style):
     import torch
 
     from mst_single.console import VocalConsole
-    from mst_single.evaluate import mix_song
     from mst_single.losses import MRSTFTL1Loss
 
     root = styled[style]
@@ -566,9 +565,13 @@ def test_console_reproduces_the_mix_from_truth_params(styled, style):
         lat = song["latency_samples"]
         target = torch.from_numpy(np.ascontiguousarray(mixed.T[:, lat:lat + raw.size]))[None]
 
+        # the raw normalised to -23 LUFS as a whole, as in evaluation and in the chain
+        x = torch.from_numpy(raw * np.float32(10 ** (song["normalisation_gain_db"] / 20)))[None, None]
+
         def dist(params):
-            out = mix_song(console, demo.INPUT_LUFS, raw[None], console.normalize(params))
-            return float(loss(torch.from_numpy(out)[None], target)["mrstft"])
+            with torch.no_grad():
+                out = console(x, console.normalize(params))
+            return float(loss(out, target)["mrstft"])
 
         own = dist(song["params"])
         other = dist(songs[names[(i + 1) % len(names)]]["params"])
