@@ -19,11 +19,12 @@ samples in the mixed file, which the data layer's aligner has to find. Three sty
 ``adaptive`` and ``per-song`` use a console-like chain that our :class:`~mst_single.console.VocalConsole`
 can follow stage by stage: input gain -> low shelf -> four peak filters -> high shelf -> compressor
 (pedalboard's biquads are the RBJ ones the console uses; its compressor is hard-knee with a peak
-detector) -> reverb send -> output gain; no high-pass, no limiter. The raw vocal is first brought
-to :data:`INPUT_LUFS` (-23 LUFS, the models' ``target_lufs``), so ``gain_db``, the compressor
-threshold and ``output_gain_db`` in truth.json mean what they mean for the console. The reverb is
-the console's own kind (:func:`mst_single.functional.reverb_ir`: decaying noise with RT60, tone,
-predelay, wet level) with a different noise seed, applied as a send.
+detector and gets JUCE's 2 pi times the console's time constants) -> reverb send -> output gain ->
+a peak ceiling that stays idle unless a sample would pass -1 dBFS; no high-pass, no limiter. The
+raw vocal is first brought to :data:`INPUT_LUFS` (-23 LUFS, the models' ``target_lufs``), so
+``gain_db``, the compressor threshold and ``output_gain_db`` in truth.json mean what they mean for
+the console. The reverb is the console's own (:func:`mst_single.functional.reverb_ir`), applied as
+a send. With a song's true params the console reproduces its mix closely (see the README).
 
 Layout written::
 
