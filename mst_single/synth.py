@@ -7,7 +7,13 @@ consonants (fricatives, plosive bursts, ``h``) start syllables; phrases are sepa
 breaths and silences. The time-varying filters are applied in the STFT domain (one multiplication
 per frame), which keeps a 20 s song at 48 kHz well under a second on one core.
 
-Public API: :class:`Voice`, :data:`VOICES`, :func:`sing`.
+A :class:`Take` (optional) varies what a recording adds beyond the singer: how dynamic the
+singing is (syllable accents, phrase levels, a song-long quiet-verse/loud-chorus arc), how dense the
+phrasing is (pause lengths, phrase lengths), the microphone/room colour (spectral tilt, a chest or
+proximity resonance) and how strong the consonants are. Without one, :func:`sing` is unchanged
+(the house demo data stays byte-identical).
+
+Public API: :class:`Voice`, :data:`VOICES`, :class:`Take`, :func:`random_take`, :func:`sing`.
 """
 from __future__ import annotations
 
@@ -56,6 +62,60 @@ VOICES: dict[str, Voice] = {v.name: v for v in (
     Voice("soprano", 247.0, 880.0, 1.20, 0.20, 5.9, 0.55, jitter=0.003, brightness=0.7),
 )}
 
+@dataclass(frozen=True)
+class Take:
+    """How one recording sounds beyond the singer (every field is stable along the song).
+
+    Args:
+        dynamics: 0 (even) .. 1 (very dynamic): syllable levels (std 0.3 .. 5.5 dB, accents 0 .. 9 dB),
+            swells within notes (+-0.5 .. 6 dB), phrase levels (spread 2 .. 10 dB) and the depth of the
+            song-long arc all grow with it.
+        arc_db: depth (dB) of the song-long level arc (quiet verse, loud chorus).
+        arc_shape: 0 crescendo, 1 verse/chorus step, 2 arch (loud middle), 3 decrescendo.
+        density: 0 (sparse: short, slow, detached phrases, up to 0.35 s of silence between
+            syllables, pauses of 1.2-2.8 s) .. 1 (dense: long, quick, legato phrases, pauses of
+            0.1-0.3 s).
+        tilt_db_per_octave: microphone/room colour, a spectral tilt around 1 kHz (dB/octave;
+            negative = dull, positive = bright), limited to +-15 dB.
+        chest_db, chest_hz, chest_q: a resonance added to the take (dB, Hz, Q): chest voice,
+            proximity effect or a boomy room.
+        consonant_db: level of the noise consonants relative to the voice's usual level (dB).
+    """
+
+    dynamics: float = 0.5
+    arc_db: float = 0.0
+    arc_shape: int = 0
+    density: float = 0.5
+    tilt_db_per_octave: float = 0.0
+    chest_db: float = 0.0
+    chest_hz: float = 250.0
+    chest_q: float = 1.0
+    consonant_db: float = 0.0
+
+
+def random_take(rng: np.random.Generator, voice: Voice | str) -> tuple[Voice, Take]:
+    """A singer varied from ``voice`` (formants +-5 %, breathiness, brightness, vibrato) and a
+    random :class:`Take`, both from ``rng`` alone. Fields are drawn so that songs spread widely
+    in brightness, boominess, dynamics and phrase density."""
+    if isinstance(voice, str):
+        voice = VOICES[voice]
+    v = Voice(voice.name, voice.f0_low_hz, voice.f0_high_hz,
+              formant_scale=round(voice.formant_scale * rng.uniform(0.95, 1.05), 4),
+              breathiness=round(rng.uniform(0.05, 0.5), 3),
+              vibrato_rate_hz=round(rng.uniform(4.8, 6.2), 3),
+              vibrato_depth_semitones=round(rng.uniform(0.2, 0.6), 3),
+              jitter=round(rng.uniform(0.002, 0.006), 4), shimmer=round(rng.uniform(0.03, 0.07), 3),
+              brightness=round(rng.uniform(0.3, 0.95), 3))
+    dyn = float(rng.uniform(0.0, 1.0))
+    t = Take(dynamics=round(dyn, 3), arc_db=round(float(dyn * rng.uniform(2.0, 10.0)), 2),
+             arc_shape=int(rng.integers(4)), density=round(float(rng.uniform(0.0, 1.0)), 3),
+             tilt_db_per_octave=round(float(rng.uniform(-4.0, 2.0)), 2),
+             chest_db=round(float(rng.uniform(0.0, 12.0)), 2),
+             chest_hz=round(float(np.exp(rng.uniform(np.log(120.0), np.log(400.0)))), 1),
+             chest_q=round(float(rng.uniform(0.7, 1.5)), 2), consonant_db=round(float(rng.uniform(-6.0, 4.0)), 2))
+    return v, t
+
+
 # Formant table (tenor; frequencies Hz, levels dB re F1, bandwidths Hz) for the vowels, plus the nasal
 # murmurs m/n (strong low resonance, weak upper formants). Published singing-voice measurements.
 _ARTIC = ("a", "e", "i", "o", "u", "m", "n")
@@ -81,7 +141,8 @@ _ONSET_P = np.array([0.22, 0.12, 0.08, 0.1, 0.07, 0.06, 0.07, 0.1, 0.07, 0.05, 0
 _SCALES = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10), (0, 2, 4, 7, 9), (0, 3, 5, 7, 10))
 
 
-def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Generator) -> np.ndarray:
+def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Generator,
+         take: Take | None = None) -> np.ndarray:
     """Synthesise ``seconds`` of a cappella singing.
 
     Args:
@@ -89,6 +150,8 @@ def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Ge
         sample_rate: Hz (works from 16 kHz up).
         voice: a :class:`Voice` or the name of one in :data:`VOICES`.
         rng: the only source of randomness (same generator state -> same samples).
+        take: how the recording varies (:class:`Take`); None keeps the original, take-less
+            synthesis sample for sample.
 
     Returns:
         (samples,) float32, peak-normalised to -6 dBFS; phrase levels vary by several dB, and a
@@ -100,7 +163,8 @@ def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Ge
     n = int(round(seconds * sr))
     if n <= 0:
         return np.zeros(0, np.float32)
-    ctl = _controls(_plan(seconds, voice, rng), n, sr, voice, rng)
+    ctl = _controls(_plan(seconds, voice, rng, take), n, sr, voice, rng,
+                    take.consonant_db if take is not None else 0.0)
 
     n_fft = 2 ** int(round(np.log2(0.04 * sr)))
     hop = n_fft // 4
@@ -130,6 +194,8 @@ def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Ge
     fenv_n = fenv / np.sqrt(np.mean(fenv ** 2, axis=1, keepdims=True))  # noise level == its envelope
     shapes = np.stack([np.zeros_like(freqs)] + [_cons_shape(freqs, c, voice, sr) for c in _CONS_NAMES])
     Y = X[0] * (fenv * gain_v) + X[1] * fenv_n + X[2] * shapes[ctl["ctype"][centres]]
+    if take is not None:
+        Y = Y * _colour(freqs, take)[None, :].astype(np.float32)
     y = _istft(Y, n_fft, hop, n)
 
     sos = signal.butter(2, [350.0, min(2800.0, 0.45 * sr)], "bandpass", fs=sr, output="sos")
@@ -146,7 +212,21 @@ def sing(seconds: float, sample_rate: int, voice: Voice | str, rng: np.random.Ge
 # ---------------------------------------------------------------------------------------------
 # score: phrases of syllables (onset consonant, vowel, note) separated by breaths and silences
 
-def _plan(seconds: float, voice: Voice, rng: np.random.Generator) -> dict:
+def _plan(seconds: float, voice: Voice, rng: np.random.Generator, take: Take | None = None) -> dict:
+    # Without a take: the original constants (and the same random draws, in the same order).
+    if take is None:
+        spread, syl_std, accent, swell, gaps, counts, arc = 9.0, 1.5, 2.5, 3.0, (0.25, 0.9), (3, 9), None
+        pace, detached = (0.8, 1.25), 0.0
+    else:
+        # Dynamics and density show within a few seconds too: syllable levels and swells, and the
+        # pace of the syllables, not only phrase levels and pause lengths.
+        d, p = take.dynamics, take.density
+        spread, syl_std, accent, swell = 2.0 + 8.0 * d, 0.3 + 5.2 * d, 9.0 * d, 0.5 + 5.5 * d
+        gaps = (0.1 + 1.1 * (1 - p), 0.3 + 2.5 * (1 - p))
+        counts = (2 + int(round(4 * p)), 6 + int(round(7 * p)))
+        pace = (1.3 - 0.5 * p, 1.45 - 0.5 * p)  # sparse songs are slow too
+        detached = 1.0 - p
+        arc = (take.arc_db, take.arc_shape)
     lo, hi = 69 + 12 * np.log2(voice.f0_low_hz / 440), 69 + 12 * np.log2(voice.f0_high_hz / 440)
     scale = _SCALES[rng.integers(len(_SCALES))]
     span = min(14.0, hi - lo - 3)  # a song uses a comfortable part of the range
@@ -154,7 +234,7 @@ def _plan(seconds: float, voice: Voice, rng: np.random.Generator) -> dict:
     tonic = np.floor(bottom)
     pitches = np.array([tonic + 12 * o + s for o in range(-1, 3) for s in scale], dtype=np.float64)
     pitches = pitches[(pitches >= bottom) & (pitches <= bottom + span)]
-    tempo = rng.uniform(0.8, 1.25)  # syllable-length scale
+    tempo = rng.uniform(*pace)  # syllable-length scale
 
     phrases, breaths = [], []
     t = rng.uniform(0.2, 0.6)
@@ -165,9 +245,11 @@ def _plan(seconds: float, voice: Voice, rng: np.random.Generator) -> dict:
             bd = rng.uniform(0.25, 0.5)
             breaths.append((t, t + bd, rng.uniform(-34.0, -26.0)))
             t += bd + rng.uniform(0.05, 0.15)
-        level = rng.uniform(-9.0, 0.0)  # phrase dynamics: the compressor has something to do
+        level = rng.uniform(-spread, 0.0)  # phrase dynamics: the compressor has something to do
+        if arc is not None:
+            level += _arc_db(t / seconds, *arc)
         sylls = []
-        count = int(rng.integers(3, 9))
+        count = int(rng.integers(*counts))
         for k in range(count):
             last = k == count - 1
             dur = tempo * (rng.uniform(0.6, 1.5) if last else
@@ -188,9 +270,12 @@ def _plan(seconds: float, voice: Voice, rng: np.random.Generator) -> dict:
             vowel = int(rng.choice(_VOWELS, p=_VOWEL_P))
             vowel2 = int(rng.choice(_VOWELS, p=_VOWEL_P)) if dur > 0.45 and rng.random() < 0.3 else vowel
             sylls.append(dict(start=t, end=t + dur, onset=onset, vowel=vowel, vowel2=vowel2,
-                              midi=pitches[idx], db=level + rng.normal(0, 1.5) + (2.5 if rng.random() < 0.2 else 0),
-                              swell=rng.uniform(-3, 3), glide=rng.uniform(0.04, 0.12)))
+                              midi=pitches[idx],
+                              db=level + rng.normal(0, syl_std) + (accent if rng.random() < 0.2 else 0),
+                              swell=rng.uniform(-swell, swell), glide=rng.uniform(0.04, 0.12)))
             t += dur
+            if detached and not last:  # sparse singers leave short silences between syllables too
+                t += detached * rng.uniform(0.0, 0.35)
         if not sylls:
             break
         coda = rng.choice(["", "", "", "s", "t"])
@@ -199,13 +284,38 @@ def _plan(seconds: float, voice: Voice, rng: np.random.Generator) -> dict:
             t += 0.12
         phrases.append(dict(sylls=sylls, level=level, scoop=rng.uniform(0.5, 2.0),
                             fall=rng.uniform(0.5, 3.0) if rng.random() < 0.4 else 0.0))
-        t += rng.uniform(0.25, 0.9)
+        t += rng.uniform(*gaps)
     return dict(phrases=phrases, breaths=breaths)
 
 
-def _controls(plan: dict, n: int, sr: int, voice: Voice, rng: np.random.Generator) -> dict:
+def _arc_db(x: float, depth_db: float, shape: int) -> float:
+    """Song-long level offset (dB, <= 0) at position x in [0, 1] of the song."""
+    if shape == 0:
+        u = x  # crescendo
+    elif shape == 1:
+        u = 1.0 / (1.0 + np.exp(-(x - 0.5) * 20.0))  # quiet verse, loud chorus
+    elif shape == 2:
+        u = np.sin(np.pi * x)  # arch
+    else:
+        u = 1.0 - x  # decrescendo
+    return float(depth_db * (u - 1.0))
+
+
+def _colour(freqs: np.ndarray, take: Take) -> np.ndarray:
+    """Linear gain (bins,) of a take's microphone/room colour: tilt around 1 kHz + chest resonance."""
+    f = np.maximum(freqs, 20.0)
+    tilt_db = np.clip(take.tilt_db_per_octave * np.log2(f / 1000.0), -15.0, 15.0)
+    # a peaking resonance on a log-frequency axis: Gaussian in octaves, width from Q
+    width_oct = 1.0 / (take.chest_q * 2.0)
+    chest_db = take.chest_db * np.exp(-0.5 * (np.log2(f / take.chest_hz) / width_oct) ** 2)
+    return 10 ** ((tilt_db + chest_db) / 20.0)
+
+
+def _controls(plan: dict, n: int, sr: int, voice: Voice, rng: np.random.Generator,
+              consonant_db: float = 0.0) -> dict:
     """Sample-rate control signals: f0 (Hz), voiced amplitude, consonant/aspiration/breath amplitudes,
-    articulation (formant table row) and consonant type per sample."""
+    articulation (formant table row) and consonant type per sample. consonant_db shifts the noise
+    consonants' level (dB)."""
     midi = np.full(n, np.nan)
     gate = np.zeros(n)
     level = np.full(n, -40.0)
@@ -228,13 +338,13 @@ def _controls(plan: dict, n: int, sr: int, voice: Voice, rng: np.random.Generato
                 artic[a + (b - a) * 3 // 5:b] = sy["vowel2"]
             if onset in ("s", "sh", "f"):
                 d = s(rng.uniform(0.07, 0.13))
-                _bump(amp_c, a, a + d, _CONS[onset][2] + sy["db"], s(0.02))
+                _bump(amp_c, a, a + d, _CONS[onset][2] + sy["db"] + consonant_db, s(0.02))
                 ctype[max(0, a - ext):a + d + ext] = _CONS_NAMES.index(onset) + 1
                 v0 = a + d
             elif onset in ("p", "t", "k"):
                 clo, burst, asp = s(rng.uniform(0.03, 0.05)), s(rng.uniform(0.008, 0.015)), s(rng.uniform(0.02, 0.04))
                 env = np.exp(-np.arange(len(amp_c[a + clo:a + clo + burst])) / max(1.0, burst / 3))
-                amp_c[a + clo:a + clo + burst] = env * 10 ** ((_CONS[onset][2] + sy["db"]) / 20)
+                amp_c[a + clo:a + clo + burst] = env * 10 ** ((_CONS[onset][2] + sy["db"] + consonant_db) / 20)
                 ctype[max(0, a + clo - ext):a + clo + burst + ext] = _CONS_NAMES.index(onset) + 1
                 _bump(amp_h, a + clo + burst, a + clo + burst + asp, -20 + sy["db"], s(0.008))
                 v0 = a + clo + burst + asp
@@ -285,10 +395,10 @@ def _controls(plan: dict, n: int, sr: int, voice: Voice, rng: np.random.Generato
                     d = s(0.1 if c == "s" else 0.012)
                     c0 = b + s(0.01)
                     if c == "s":
-                        _bump(amp_c, c0, c0 + d, _CONS["s"][2] + sy["db"] - 3, s(0.02))
+                        _bump(amp_c, c0, c0 + d, _CONS["s"][2] + sy["db"] - 3 + consonant_db, s(0.02))
                     else:
                         burst = np.exp(-np.arange(len(amp_c[c0:c0 + d])) / 4.0)
-                        amp_c[c0:c0 + d] = burst * 10 ** ((_CONS["t"][2] + sy["db"]) / 20)
+                        amp_c[c0:c0 + d] = burst * 10 ** ((_CONS["t"][2] + sy["db"] + consonant_db) / 20)
                     ctype[max(0, c0 - ext):c0 + d + ext] = _CONS_NAMES.index(c) + 1
                     artic[b:c0 + d] = sy["vowel2"]
         prev_midi = None

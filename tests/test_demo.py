@@ -1,5 +1,6 @@
 """The demo data: a singing synthesiser that sounds like a voice, and pedalboard-mixed pairs with truth."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,8 @@ def _files(root: Path):
 def test_layout_and_formats(demo_dirs):
     root = demo_dirs["a"]
     names = ["song000_bass", "song001_baritone", "song002_tenor"]
-    assert _files(root) == sorted([f"raw/{n}.wav" for n in names] + [f"mixed/{n}.wav" for n in names] + ["truth.json"])
+    assert _files(root) == sorted([f"raw/{n}.wav" for n in names] + [f"mixed/{n}.wav" for n in names]
+                                  + ["truth.json", "manifest.json"])
     truth = json.loads((root / "truth.json").read_text())
     for n in names:
         raw, mixed = sf.info(root / "raw" / f"{n}.wav"), sf.info(root / "mixed" / f"{n}.wav")
@@ -275,3 +277,302 @@ def test_phrases_silences_and_consonants():
     # natural dynamics: loud frames span several dB
     loud = rms[rms > -30]
     assert np.percentile(loud, 90) - np.percentile(loud, 10) > 6
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive and per-song styles: the console-like chain, rules, fixed loudness, manifest
+
+STYLED_SONGS, STYLED_SECONDS = 3, 6.0
+MANIFEST = Path(__file__).parent / "data" / "demo-manifest.json"
+
+
+@pytest.fixture(scope="module")
+def styled(tmp_path_factory):
+    """Every style, 3 songs x 6 s at 24 kHz, seed 0 (what tests/data/demo-manifest.json records)."""
+    root = tmp_path_factory.mktemp("styled")
+    return {style: demo.make_demo_data(root / style, songs=STYLED_SONGS, seconds=STYLED_SECONDS, seed=0,
+                                       sample_rate=SR, style=style)
+            for style in demo.STYLES}
+
+
+def _truth(root):
+    return json.loads((root / "truth.json").read_text())
+
+
+def _mix_rng_after_latency(seed, i):
+    rng = np.random.default_rng([seed, i, 1])
+    rng.uniform(*demo.LATENCY_MS)  # the latency is drawn first
+    return rng
+
+
+@pytest.mark.parametrize("style", ["adaptive", "per-song"])
+def test_console_style_truth_json(styled, style):
+    root = styled[style]
+    truth = _truth(root)
+    assert truth["style"] == style and truth["sample_rate"] == SR and truth["seed"] == 0
+    chain = truth["chain"]
+    assert [c["role"] for c in chain["chain"]] == [r for r, _ in demo.CONSOLE_CHAIN]
+    assert chain["target_lufs"] == demo.FIXED_TARGET_LUFS and chain["input_lufs"] == demo.INPUT_LUFS
+    assert "Limiter" not in {c["plugin"] for c in chain["chain"]}
+    assert "HighpassFilter" not in {c["plugin"] for c in chain["chain"]}
+    if style == "adaptive":
+        assert {r["param"] for r in chain["rules"]} == set(demo._CONSOLE_PARAM_MAP) - {"output_gain_db"}
+        assert all(r["formula"] for r in chain["rules"])
+        assert {r["feature"] for r in chain["rules"]} - {None} <= set(chain["features"])
+    else:
+        assert set(chain["ranges"]) == set(demo._CONSOLE_PARAM_MAP) - {"output_gain_db"}
+    assert len(truth["songs"]) == STYLED_SONGS
+    for i, (name, song) in enumerate(truth["songs"].items()):
+        params, pb = song["params"], song["pedalboard"]
+        assert set(params) == set(demo._CONSOLE_PARAM_MAP) | {"comp_knee_db", "comp_makeup_db"}
+        assert set(params) <= CONSOLE_NAMES
+        for p, (role, key) in demo._CONSOLE_PARAM_MAP.items():
+            if p in ("comp_attack_ms", "comp_release_ms"):  # JUCE times are 2 pi x the console's
+                assert pb[role][key] == pytest.approx(2 * np.pi * params[p], rel=1e-4), p
+            elif p != "gain_db":
+                assert params[p] == pb[role][key], p
+        # the input gain plugin applies the -23 LUFS normalisation and then gain_db
+        assert pb["input_gain"]["gain_db"] == pytest.approx(song["normalisation_gain_db"] + params["gain_db"], abs=1e-3)
+        assert song["normalisation_gain_db"] == pytest.approx(demo.INPUT_LUFS - song["raw_lufs"], abs=1e-3)
+        assert set(song["features"]) == set(demo.FEATURES)
+        # the settings are exactly what the documented rule / range gives for this song
+        raw, _ = sf.read(root / "raw" / f"{name}.wav", dtype="float32")
+        rng = _mix_rng_after_latency(0, i)
+        if style == "adaptive":
+            expect = demo.adaptive_params(demo.measure_take(raw, SR), rng, SR)
+        else:
+            expect = demo.per_song_params(rng, SR)
+            for p, (lo, hi, _) in demo.PER_SONG_RANGES.items():
+                assert lo - 1e-3 <= params[p] <= min(hi, 0.45 * SR) + 1e-3, p
+        for p, v in expect.items():
+            assert params[p] == pytest.approx(v, rel=1e-5, abs=1e-4), p
+
+
+@pytest.mark.parametrize("style", ["adaptive", "per-song"])
+def test_console_style_loudness_render_and_latency(styled, style):
+    import pyloudnorm
+
+    root = styled[style]
+    for name, song in _truth(root)["songs"].items():
+        raw, _ = sf.read(root / "raw" / f"{name}.wav", dtype="float32")
+        mixed, _ = sf.read(root / "mixed" / f"{name}.wav", dtype="float32", always_2d=True)
+        mixed = mixed.T
+        # fixed loudness, measured by an independent meter on the written file
+        assert song["target_lufs"] == demo.FIXED_TARGET_LUFS
+        assert pyloudnorm.Meter(SR).integrated_loudness(mixed.T.astype(np.float64)) == pytest.approx(
+            demo.FIXED_TARGET_LUFS, abs=0.5)
+        assert abs(song["mixed_lufs"] - demo.FIXED_TARGET_LUFS) < 0.01
+        assert np.abs(mixed).max() <= 10 ** (demo.PEAK_CEILING_DBFS / 20) + 2.0 ** -22
+        assert song["ceiling_reduction_db"] >= 0.0
+        lat = song["latency_samples"]
+        assert mixed.shape[1] == lat + raw.size + int(demo.TAIL_SECONDS * SR) and not mixed[:, :lat].any()
+        again = demo.render_mixed(raw, SR, song["pedalboard"], latency_samples=lat)
+        np.testing.assert_allclose(mixed, again, atol=2.0 ** -22)
+        assert np.abs(mixed[0] - mixed[1]).max() > 1e-3  # the reverb send is stereo
+
+
+def _feature_change(take_a, take_b, voice="tenor", seconds=6.0, seed=4):
+    """measure_take of the same song sung with two takes."""
+    out = []
+    for take in (take_a, take_b):
+        out.append(demo.measure_take(synth.sing(seconds, SR, voice, np.random.default_rng(seed), take), SR))
+    return out
+
+
+def _rule(param):
+    return next(r for r in demo.ADAPTIVE_RULES if r.param == param)
+
+
+def _setting(param, features):
+    r = _rule(param)
+    return demo.Rule(r.param, r.feature, r.feature_low, r.feature_high, r.at_low, r.at_high, r.scale,
+                     0.0).apply(features, np.random.default_rng(0))
+
+
+def test_rules_are_monotonic_clipped_functions_with_noise():
+    for r in demo.ADAPTIVE_RULES:
+        exact = demo.Rule(r.param, r.feature, r.feature_low, r.feature_high, r.at_low, r.at_high, r.scale, 0.0)
+        name = r.feature or "unused"
+        grid = np.linspace(r.feature_low - 5, r.feature_high + 5, 41)
+        vals = np.array([exact.apply({name: f}, np.random.default_rng(0)) for f in grid])
+        assert vals[0] == pytest.approx(r.at_low) and vals[-1] == pytest.approx(r.at_high)
+        steps = np.diff(vals) * np.sign(r.at_high - r.at_low)
+        assert (steps >= -1e-9).all(), r.param
+        if r.feature is not None:
+            assert abs(r.at_high - r.at_low) > 0 and np.ptp(vals) == pytest.approx(abs(r.at_high - r.at_low))
+        # the noise is small next to the rule's range
+        noisy = [r.apply({name: r.feature_low}, np.random.default_rng(k)) for k in range(200)]
+        spread = np.std(np.log(noisy)) if r.scale == "log" else np.std(noisy)
+        assert spread == pytest.approx(r.noise, rel=0.25, abs=1e-9), r.param
+
+
+def test_brighter_take_gets_less_presence_and_air():
+    dull, bright = _feature_change(synth.Take(tilt_db_per_octave=-3.0), synth.Take(tilt_db_per_octave=1.5))
+    assert bright["presence_db"] > dull["presence_db"] + 3 and bright["air_db"] > dull["air_db"] + 3
+    assert _setting("eq_band3_gain_db", bright) < _setting("eq_band3_gain_db", dull)
+    assert _setting("eq_high_shelf_gain_db", bright) < _setting("eq_high_shelf_gain_db", dull)
+    assert _setting("reverb_tone", bright) < _setting("reverb_tone", dull)
+
+
+def test_boomier_take_gets_a_deeper_low_mid_cut():
+    plain, boomy = _feature_change(synth.Take(chest_db=0.0, chest_hz=250.0), synth.Take(chest_db=12.0, chest_hz=250.0))
+    assert boomy["boom_db"] > plain["boom_db"] + 2
+    assert _setting("eq_band1_gain_db", boomy) < _setting("eq_band1_gain_db", plain) - 0.5
+
+
+def test_sparser_and_more_dynamic_takes():
+    dense, sparse = _feature_change(synth.Take(density=1.0), synth.Take(density=0.0), seconds=12.0)
+    assert sparse["pause_fraction"] > dense["pause_fraction"] + 0.1
+    assert _setting("reverb_wet_db", sparse) > _setting("reverb_wet_db", dense)
+    assert _setting("reverb_decay_s", sparse) > _setting("reverb_decay_s", dense)
+    even, dynamic = _feature_change(synth.Take(dynamics=0.0), synth.Take(dynamics=1.0, arc_db=8.0), seconds=12.0)
+    assert dynamic["dynamics_db"] > even["dynamics_db"] + 2
+    assert _setting("comp_ratio", dynamic) > _setting("comp_ratio", even)
+    assert _setting("comp_threshold_db", dynamic) < _setting("comp_threshold_db", even)
+
+
+def test_features_do_not_depend_on_level():
+    y = synth.sing(6.0, SR, "alto", np.random.default_rng(1), synth.Take())
+    a, b = demo.measure_take(y, SR), demo.measure_take(0.1 * y, SR)
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-6), k
+
+
+def test_per_song_settings_do_not_depend_on_the_take(styled):
+    """per-song: the same mix rng gives the same settings whatever the raw vocal; adaptive does not."""
+    truth = _truth(styled["per-song"])
+    names = list(truth["songs"])
+    params = [truth["songs"][n]["params"] for n in names]
+    for i, p in enumerate(params):
+        again = demo.per_song_params(_mix_rng_after_latency(0, i), SR)
+        assert all(p[k] == pytest.approx(v, rel=1e-5, abs=1e-4) for k, v in again.items())
+    # the same rng state with two different takes: identical per-song settings, different adaptive ones
+    takes = [synth.sing(4.0, SR, v, np.random.default_rng(0), synth.Take(tilt_db_per_octave=t, density=d))
+             for v, t, d in (("bass", -3.0, 0.0), ("soprano", 1.5, 1.0))]
+    per = [demo.per_song_params(np.random.default_rng(7), SR) for _ in takes]
+    ada = [demo.adaptive_params(demo.measure_take(x, SR), np.random.default_rng(7), SR) for x in takes]
+    assert per[0] == per[1]
+    assert sum(abs(ada[0][k] - ada[1][k]) > 1.0 for k in ada[0]) >= 3
+
+
+def test_song_i_does_not_depend_on_song_count(styled, tmp_path):
+    for style in ("adaptive", "per-song"):
+        two = demo.make_demo_data(tmp_path / style, songs=2, seconds=STYLED_SECONDS, seed=0, sample_rate=SR,
+                                  style=style)
+        three = styled[style]
+        assert _truth(two)["songs"] == {k: v for k, v in list(_truth(three)["songs"].items())[:2]}
+        for rel in _files(two):
+            if rel.endswith(".wav"):
+                assert (two / rel).read_bytes() == (three / rel).read_bytes(), rel
+
+
+def test_manifest_lists_every_file(styled):
+    import hashlib
+
+    for style, root in styled.items():
+        m = json.loads((root / "manifest.json").read_text())
+        assert m["algorithm"] == "sha256" and m["generator"]["style"] == style
+        assert set(m["files"]) == set(_files(root)) - {"manifest.json"}
+        for rel, digest in m["files"].items():
+            assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest
+        assert m["versions"]["pedalboard"] and m["versions"]["numpy"]
+
+
+def test_generation_matches_committed_manifest(styled):
+    """Byte-exact demo data: the same files as when tests/data/demo-manifest.json was written. A failure
+    means the generator's output drifted (code, numpy/scipy/pedalboard/torch version, or platform).
+    Refresh it deliberately with MST_WRITE_DEMO_MANIFEST=1 after checking why."""
+    got = {style: {"generator": json.loads((root / "manifest.json").read_text())["generator"],
+                   "versions": json.loads((root / "manifest.json").read_text())["versions"],
+                   "files": json.loads((root / "manifest.json").read_text())["files"]}
+           for style, root in styled.items()}
+    if os.environ.get("MST_WRITE_DEMO_MANIFEST"):
+        MANIFEST.parent.mkdir(exist_ok=True)
+        MANIFEST.write_text(json.dumps(got, indent=2) + "\n")
+    committed = json.loads(MANIFEST.read_text())
+    for style in demo.STYLES:
+        assert committed[style]["generator"] == got[style]["generator"]
+        drift = sorted(f for f in set(committed[style]["files"]) | set(got[style]["files"])
+                       if committed[style]["files"].get(f) != got[style]["files"].get(f))
+        assert not drift, (f"{style}: {len(drift)} file(s) differ from {MANIFEST.name}: {drift[:4]}; "
+                           f"committed with {committed[style]['versions']}, now {got[style]['versions']}")
+
+
+def test_cli_styles(tmp_path, capsys):
+    from mst_single.cli import main
+
+    assert main(["demo-data", str(tmp_path / "p"), "--style", "per-song", "--songs", "1", "--seconds", "2",
+                 "--sample-rate", "16000"]) == 0
+    truth = json.loads((tmp_path / "p" / "truth.json").read_text())
+    assert truth["style"] == "per-song" and list(truth["songs"]) == ["song000_bass"]
+    assert (tmp_path / "p" / "manifest.json").exists()
+    with pytest.raises(SystemExit):
+        main(["demo-data", str(tmp_path / "q"), "--style", "fancy"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(MstError, match="--style"):
+        demo.make_demo_data(tmp_path / "r", songs=1, seconds=2.0, sample_rate=16000, style="fancy")
+
+
+def test_describe_reports_spread_and_segment_learnability(styled, capsys):
+    from mst_single.cli import main
+
+    assert main(["demo-data", str(styled["adaptive"]), "--describe", "--segment-seconds", "2"]) == 0
+    text = capsys.readouterr().out
+    truth = _truth(styled["adaptive"])
+    for p, v in truth["songs"]["song000_bass"]["params"].items():
+        assert f"| `{p}` |" in text
+    rows = [line for line in text.splitlines() if " <- " in line]
+    assert len(rows) == sum(r.feature is not None for r in demo.ADAPTIVE_RULES)
+    for line in rows:
+        seg, whole = (float(c) for c in line.strip("| ").split("|")[1:3])
+        assert -1.0 <= seg <= 1.0 and -1.0 <= whole <= 1.0
+    # with 3 songs the whole-song feature decides the setting almost alone (noise is small)
+    row = next(line for line in rows if line.startswith("| `eq_band3_gain_db`"))
+    assert float(row.strip("| ").split("|")[2]) < -0.9
+    assert main(["demo-data", str(styled["house"] / "raw"), "--describe"]) == 2
+
+
+def test_peak_ceiling_is_idle_below_and_local_above():
+    rng = np.random.default_rng(0)
+    x = (0.05 * rng.standard_normal((2, SR))).astype(np.float32)
+    s = {"ceiling_db": -1.0, "lookahead_ms": 2.5}
+    assert demo._peak_ceiling(x, SR, s) is x  # nothing near the ceiling: untouched, bit for bit
+    x[:, 5000], x[1, 5003] = 1.5, -1.2
+    y = demo._peak_ceiling(x, SR, s)
+    assert np.abs(y).max() <= 10 ** (-1.0 / 20) + 1e-7
+    touched = np.flatnonzero((y != x).any(0))
+    assert touched.min() >= 5000 - 3 * 0.0025 * SR and touched.max() <= 5003 + 3 * 0.0025 * SR
+    assert (np.abs(y) <= np.abs(x) + 1e-9).all()
+
+
+@pytest.mark.parametrize("style", ["adaptive", "per-song"])
+def test_console_reproduces_the_mix_from_truth_params(styled, style):
+    """The oracle is meaningful: our console with truth.json's params is far closer to the mix than
+    with another song's params (EQ, reverb and loudness exact; only the compressors differ)."""
+    import torch
+
+    from mst_single.console import VocalConsole
+    from mst_single.losses import MRSTFTL1Loss
+
+    root = styled[style]
+    songs = _truth(root)["songs"]
+    names = list(songs)
+    console, loss = VocalConsole(SR), MRSTFTL1Loss()
+    for i, name in enumerate(names):
+        song = songs[name]
+        raw, _ = sf.read(root / "raw" / f"{name}.wav", dtype="float32")
+        mixed, _ = sf.read(root / "mixed" / f"{name}.wav", dtype="float32", always_2d=True)
+        lat = song["latency_samples"]
+        target = torch.from_numpy(np.ascontiguousarray(mixed.T[:, lat:lat + raw.size]))[None]
+
+        # the raw normalised to -23 LUFS as a whole, as in evaluation and in the chain
+        x = torch.from_numpy(raw * np.float32(10 ** (song["normalisation_gain_db"] / 20)))[None, None]
+
+        def dist(params):
+            with torch.no_grad():
+                out = console(x, console.normalize(params))
+            return float(loss(out, target)["mrstft"])
+
+        own = dist(song["params"])
+        other = dist(songs[names[(i + 1) % len(names)]]["params"])
+        assert own < 0.2 and own < 0.5 * other, (name, own, other)
