@@ -148,14 +148,18 @@ class VocalConsole(torch.nn.Module):
         self.param_names = [s.name for s in self.specs]
         self.num_params = len(self.specs)
         self.static_sizes = static_sizes
-        self.eq_fir_taps_max = None
-        if self.stages["eq"]:
-            sp = {s.name: s for s in self.specs}
-            self.eq_fir_taps_max = F.eq_fir_length_bound(
-                self.sample_rate, (sp["eq_band1_gain_db"].low, sp["eq_band1_gain_db"].high),
-                [(sp[f"eq_{b}_freq_hz"].low, sp[f"eq_{b}_freq_hz"].high) for b in EQ_BANDS],
-                [(sp[f"eq_{b}_q"].low, sp[f"eq_{b}_q"].high) for b in EQ_BANDS])
         self.reverb_ir_taps_max = int(round(REVERB_IR_SECONDS * self.sample_rate))
+
+    @property
+    def eq_fir_taps_max(self) -> int | None:
+        """The EQ FIR length used with static sizes: the largest over the EQ's parameter box
+        (computed on first use, cached per box: ~0.1 s, which a CPU-only mix never pays)."""
+        if not self.stages["eq"]:
+            return None
+        sp = {s.name: s for s in self.specs}
+        return F.eq_fir_length_bound(self.sample_rate, (sp["eq_band1_gain_db"].low, sp["eq_band1_gain_db"].high),
+                                     tuple((sp[f"eq_{b}_freq_hz"].low, sp[f"eq_{b}_freq_hz"].high) for b in EQ_BANDS),
+                                     tuple((sp[f"eq_{b}_q"].low, sp[f"eq_{b}_q"].high) for b in EQ_BANDS))
 
     # -- parameter mapping ------------------------------------------------------------------
     def denormalize(self, p: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -188,12 +188,15 @@ def eq_fir_length(sample_rate: float, gains_db, freqs_hz, qs, floor_db: float = 
     return int(min(2 ** math.ceil(math.log2(n)), max_seconds * sample_rate))
 
 
-def eq_fir_length_bound(sample_rate: float, gain_range, freq_ranges, q_ranges, points: int = 5) -> int:
+@functools.lru_cache(maxsize=8)
+def eq_fir_length_bound(sample_rate: float, gain_range: tuple, freq_ranges: tuple, q_ranges: tuple,
+                        points: int = 5) -> int:
     """The largest `eq_fir_length` over a box of settings: gain_range (low, high) dB for every
-    band, freq_ranges / q_ranges one (low, high) per band. Evaluated on a grid of `points` values
-    per parameter (log-spaced for frequency and Q) applied to all bands at once; the pole radius
-    is monotonic in each parameter, so the corners already give the maximum. A fixed FIR length
-    needs no host read of the parameters (the console uses it on accelerators)."""
+    band, freq_ranges / q_ranges one (low, high) per band (tuples: the result is cached).
+    Evaluated on a grid of `points` values per parameter (log-spaced for frequency and Q) applied
+    to all bands at once; the pole radius is monotonic in each parameter, so the corners already
+    give the maximum. A fixed FIR length needs no host read of the parameters (the console uses
+    it on accelerators)."""
     import itertools
 
     lin = lambda lo, hi: np.linspace(lo, hi, points)  # noqa: E731

@@ -10,7 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mst_single.errors import MstError
-from mst_single.bench.core import Config, _err, _log
+from mst_single.bench.core import GIB, Config, _err, _log
+from mst_single.bench.data import bench_data, complete_data
 from mst_single.bench.mix import bench_mix, bench_mix_memory
 from mst_single.bench.report import evaluate_targets, format_table
 from mst_single.bench.stages import bench_stages
@@ -23,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure after one warm-up (default: 5)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (short audio, small batch): seconds, not minutes")
     parser.add_argument("--only", default=None,
-                        help="comma-separated sections to run: stages,train_step,mix,mix_memory (default: all)")
+                        help="comma-separated sections to run: stages,train_step,data,mix,mix_memory (default: all)")
+    parser.add_argument("--step-batch", type=int, default=None,
+                        help="batch of the training step and the data loader (default: 4 on CPU, 8 on CUDA: the "
+                             "`full` budget)")
     parser.add_argument("--full-stock-step", action="store_true",
                         help="measure the stock full-chain training step directly (once; ~3 min per approach) "
                              "instead of summing its measured parts")
@@ -52,6 +56,8 @@ def config_from_args(args) -> Config:
         kw["sections"] = sections
     if args.memory_seconds is not None:
         kw["memory_seconds"] = args.memory_seconds
+    if getattr(args, "step_batch", None):
+        kw["step_batch"] = args.step_batch
     cfg = Config.quick_config(**kw) if args.quick else Config(**kw)
     if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise MstError(f"unknown --device {cfg.device!r}", fix="use --device cpu or --device cuda")
@@ -81,7 +87,7 @@ def run(args) -> int:
                          "the machine may have been shared with other jobs while measuring"]}
     with tempfile.TemporaryDirectory(prefix="mst-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        for section, fn in (("stages", bench_stages), ("train_step", bench_train_step),
+        for section, fn in (("stages", bench_stages), ("train_step", bench_train_step), ("data", lambda c: bench_data(c, tmp)),
                             ("mix", lambda c: bench_mix(c, tmp)), ("mix_memory", lambda c: bench_mix_memory(c, tmp))):
             if section not in cfg.sections:
                 continue
@@ -96,6 +102,11 @@ def run(args) -> int:
             results[section]["section_wall_s"] = time.perf_counter() - t0
             _log(f"{section} done in {time.perf_counter() - t0:.1f} s")
         complete_train_step(results)
+        complete_data(results)
+        if cfg.device.startswith("cuda"):
+            results["peak_gpu_memory_gib"] = max(_values_of(results, "cuda_max_memory_allocated_gib"), default=None)
+            results["gpu"] = torch.cuda.get_device_name(torch.device(cfg.device))
+            results["gpu_total_memory_gib"] = torch.cuda.get_device_properties(torch.device(cfg.device)).total_memory / GIB
         results["targets"] = evaluate_targets(cfg, results)
         results.get("mix", {}).pop("_inputs", None)
     results["errors"] = cfg.errors
@@ -109,6 +120,16 @@ def run(args) -> int:
         print("errors:\n  " + "\n  ".join(cfg.errors), file=sys.stderr)
         return 1
     return 0
+
+
+def _values_of(tree, key: str) -> list:
+    """Every value stored under `key` anywhere in a nested dict/list."""
+    if isinstance(tree, dict):
+        return [v for k, v in tree.items() if k == key and v is not None] + \
+            [x for v in tree.values() for x in _values_of(v, key)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _values_of(v, key)]
+    return []
 
 
 def main(argv=None) -> int:

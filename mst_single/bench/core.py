@@ -20,6 +20,9 @@ STAGES = ("gain", "eq", "compressor", "reverb", "loss")
 TARGET_STEP_SPEEDUP = 10.0
 TARGET_MIX_SECONDS, TARGET_MIX_DURATION = 2.0, 180.0
 TARGET_PEAK_GIB, TARGET_PEAK_DURATION = 2.0, 3600.0
+# Targets of issue 12 (one GPU, the `full` budget: batch 8 x 4 s x 48 kHz).
+TARGET_GPU_STEPS_PER_S = 5.0
+TARGET_COMPRESSOR_SHARE = 0.10
 
 
 @dataclass
@@ -30,8 +33,11 @@ class Config:
     warmup: int = 1
     quick: bool = False
     sample_rate: int = SAMPLE_RATE
-    batch: int = 4
-    seconds: float = 4.0                # stage / loss / training-step segment length
+    batch: int = 4                      # stages and loss
+    step_batch: int = 0                 # training step and data loader; 0 = batch (CPU) or 8 (CUDA: `full` budget)
+    seconds: float = 4.0                # stage / loss / training-step / data segment length
+    data_workers: tuple = (0, 2, 4)     # DataLoader worker counts measured by the `data` section
+    data_batches: int = 8               # batches per timed DataLoader epoch
     mix_seconds: float = 180.0          # the "3-minute vocal"
     memory_seconds: float = 3600.0      # the "1-hour vocal"
     stock_reverb_ir: int = 65536        # dasp noise_shaped_reverberation num_samples (its default)
@@ -39,7 +45,7 @@ class Config:
     full_stock_step: bool = False       # measure the stock full-chain step directly (slow) instead of summing parts
     estimate_stock_reverb: bool = False  # extrapolate dasp reverb forward+backward from two short runs (busy machines)
     profile: bool = False               # profile every target, not only the missed ones
-    sections: tuple = ("stages", "train_step", "mix", "mix_memory")
+    sections: tuple = ("stages", "train_step", "data", "mix", "mix_memory")
     upstream_dir: str = ""
     threads: int = 0
     errors: list = field(default_factory=list)
@@ -48,9 +54,15 @@ class Config:
     def quick_config(cls, **kw) -> "Config":
         """CI-sized: seconds, not minutes. Targets are then judged on rates (see ``evaluate_targets``)."""
         base = dict(quick=True, batch=2, seconds=0.5, mix_seconds=5.0, memory_seconds=10.0,
-                    stock_reverb_ir=2048, stock_reverb_forward_repeats=2)
+                    stock_reverb_ir=2048, stock_reverb_forward_repeats=2, data_workers=(0, 2), data_batches=3)
         base.update(kw)
         return cls(**base)
+
+
+    @property
+    def train_batch(self) -> int:
+        """Batch of the training step and the data loader."""
+        return self.step_batch or (8 if self.device.startswith("cuda") and not self.quick else self.batch)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mst_single.bench.core import (GIB, STAGES, TARGET_MIX_DURATION, TARGET_MIX_SECONDS, TARGET_PEAK_DURATION,
-                                   TARGET_PEAK_GIB, TARGET_STEP_SPEEDUP, Config, _err, profile_call)
+from mst_single.bench.core import (GIB, STAGES, TARGET_COMPRESSOR_SHARE, TARGET_GPU_STEPS_PER_S, TARGET_MIX_DURATION,
+                                   TARGET_MIX_SECONDS, TARGET_PEAK_DURATION, TARGET_PEAK_GIB, TARGET_STEP_SPEEDUP, Config,
+                                   _err, profile_call)
 from mst_single.bench.mix import _mix_call
 from mst_single.bench.train_step import ours_step_fn
 
@@ -31,6 +32,27 @@ def evaluate_targets(cfg: Config, results: dict) -> dict:
         if cfg.profile or not t["met"] or not t["met_no_reverb"]:
             worst = min((a for a in sp if sp[a] is not None), key=lambda a: sp[a], default="approach1")
             t["profile"] = _safe_profile(cfg, lambda: ours_step_fn(cfg, worst)[0], f"ours training step ({worst})")
+    if "train_step" in cfg.sections:
+        shares = {a: ts.get(a, {}).get("compressor_share_of_step") for a in ("approach1", "approach2")}
+        out["compressor_under_10pct_of_step"] = {
+            "threshold": f"<= {TARGET_COMPRESSOR_SHARE:.0%} of the training step (compressor forward + backward alone, "
+                         "same batch)", "share": shares, "backend": ts.get("compressor", {}).get("backend"),
+            "met": all(v is not None and v <= TARGET_COMPRESSOR_SHARE for v in shares.values())}
+        if cfg.device.startswith("cuda"):
+            rate = {a: ts.get(a, {}).get("ours", {}).get("steps_per_s") for a in ("approach1", "approach2")}
+            full = ts.get("input", {}).get("batch") == 8 and cfg.seconds == 4.0 and cfg.sample_rate == 48000
+            out["gpu_train_5_steps_per_s"] = {
+                "threshold": f">= {TARGET_GPU_STEPS_PER_S:g} steps/s at the `full` budget (batch 8 x 4 s x 48 kHz)",
+                "steps_per_s": rate, "full_budget_sizes": full,
+                "met": full and all(v is not None and v >= TARGET_GPU_STEPS_PER_S for v in rate.values())}
+    if "data" in cfg.sections and "train_step" in cfg.sections:
+        d = results.get("data", {})
+        keep = {k: v.get("keeps_up") for k, v in d.items() if k.startswith("workers_")}
+        out["data_loader_not_the_bottleneck"] = {
+            "threshold": "the DataLoader delivers at least the segments per second the training step consumes",
+            "consumed_segments_per_s": d.get("step", {}).get("segments_per_s_consumed"),
+            "segments_per_s": {k: v.get("segments_per_s") for k, v in d.items() if k.startswith("workers_")},
+            "keeps_up": keep, "met": any(bool(v) for v in keep.values())}
     if "mix" in cfg.sections:
         mx = results.get("mix", {})
         limit = TARGET_MIX_SECONDS * cfg.mix_seconds / TARGET_MIX_DURATION
@@ -136,6 +158,25 @@ def format_table(results: dict) -> str:
                          _t({"median_s": o}), _t(u), f"{u['per_example_s'] / o:.1f}x", ""))
         else:
             rows.append(("train step upstream Diff-MST (1 track)", "see below", "", "", ""))
+    for a in ("approach1", "approach2"):
+        o = ts.get(a, {}).get("ours", {})
+        if o.get("steps_per_s"):
+            rows.append((f"train step {a}: steps / examples per second (batch {ts['input']['batch']})",
+                         f"{o['steps_per_s']:.2f} / {o['examples_per_s']:.1f}", "", "", ""))
+    if "median_s" in ts.get("compressor", {}):
+        shares = [ts.get(a, {}).get("compressor_share_of_step") for a in ("approach1", "approach2")]
+        rows.append((f"compressor fwd+bwd alone ({ts['compressor']['backend']}), share of the step",
+                     _t(ts["compressor"]) + " (" + " / ".join(f"{v:.0%}" for v in shares if v is not None) + ")", "", "", ""))
+    d = results.get("data", {})
+    for k, v in d.items():
+        if k.startswith("workers_") and "segments_per_s" in v:
+            rows.append((f"DataLoader {k.split('_')[1]} workers: segments/s (epoch of {v['segments']}, first batch)",
+                         f"{v['segments_per_s']:.1f} ({_t(v)}, {v['first_batch_s']:.2f} s)", "", "",
+                         "" if "keeps_up" not in v else ("keeps up" if v["keeps_up"] else "TOO SLOW")))
+    if "step" in d:
+        rows.append(("training step consumes: segments/s", f"{d['step']['segments_per_s_consumed']:.1f}", "", "", ""))
+    if results.get("peak_gpu_memory_gib") is not None:
+        rows.append((f"peak GPU memory ({results.get('gpu', 'GPU')})", f"{results['peak_gpu_memory_gib']:.2f} GiB", "", "", ""))
     mx = results.get("mix", {})
     for a in ("approach1", "approach2"):
         if a in mx:
@@ -167,7 +208,14 @@ def format_table(results: dict) -> str:
                       "mix_3min_under_2s": lambda t: ", ".join(f"{a} {w:.2f} s" if w else f"{a} -" for a, w in t["wall_s"].items())
                           + f" for {t['measured_on_seconds']:g} s (limit {t['limit_s']:.2f} s)",
                       "mix_1h_under_2GiB": lambda t: ", ".join(f"{a} {v:.2f} GiB" if v else f"{a} -" for a, v in t["peak_rss_gib"].items())
-                          + f" for {t['measured_on_seconds']:g} s"}[name](t)
+                          + f" for {t['measured_on_seconds']:g} s",
+                      "compressor_under_10pct_of_step": lambda t: ", ".join(
+                          f"{a} {v:.1%}" if v is not None else f"{a} -" for a, v in t["share"].items()),
+                      "gpu_train_5_steps_per_s": lambda t: ", ".join(
+                          f"{a} {v:.2f}/s" if v else f"{a} -" for a, v in t["steps_per_s"].items())
+                          + ("" if t["full_budget_sizes"] else " (not at the full budget sizes)"),
+                      "data_loader_not_the_bottleneck": lambda t: f"step consumes {t['consumed_segments_per_s'] or 0:.1f}/s; "
+                          + ", ".join(f"{k} {v:.1f}/s" for k, v in t["segments_per_s"].items() if v)}[name](t)
             lines.append(f"  {name}: {'MET' if t['met'] else 'NOT MET'} ({detail})")
             prof = t.get("profile")
             if prof and "top_own" in prof:

@@ -64,7 +64,7 @@ def write_long_wav(path, seconds: float, sample_rate: int, channels: int = 1, su
     return Path(path)
 
 def _training_batch(cfg, batch: int | None = None, seconds: float | None = None) -> dict:
-    B, sec = batch or cfg.batch, seconds or cfg.seconds
+    B, sec = batch or cfg.train_batch, seconds or cfg.seconds
     return {"raw": batch_audio(B, 1, sec, cfg.sample_rate, seed=1).to(cfg.device),
             "mixed": batch_audio(B, 2, sec, cfg.sample_rate, seed=2).to(cfg.device),
             "reference": batch_audio(B, 2, sec, cfg.sample_rate, seed=3).to(cfg.device),

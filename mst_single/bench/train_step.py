@@ -118,8 +118,8 @@ def chain_loss_fns(cfg: Config, reverb: bool):
     console = VocalConsole(cfg.sample_rate, {s: (s != "reverb" or reverb) for s in CONSOLE_STAGES}).to(cfg.device)
     loss = MRSTFTL1Loss().to(cfg.device)
     mrstft = stock_loss(loss).to(cfg.device)
-    p_o = torch.full((cfg.batch, console.num_params), 0.5, device=cfg.device, requires_grad=True)
-    p_s = torch.full((cfg.batch, len(stock_param_names(reverb))), 0.5, device=cfg.device, requires_grad=True)
+    p_o = torch.full((cfg.train_batch, console.num_params), 0.5, device=cfg.device, requires_grad=True)
+    p_s = torch.full((cfg.train_batch, len(stock_param_names(reverb))), 0.5, device=cfg.device, requires_grad=True)
 
     def ours():
         return loss(console(raw, p_o), mixed)["loss"]
@@ -150,7 +150,7 @@ def bench_chain_loss(cfg: Config) -> dict:
 def bench_train_step(cfg: Config) -> dict:
     from mst_single.models import count_parameters
 
-    out = {"input": {"batch": cfg.batch, "seconds": cfg.seconds, "sample_rate": cfg.sample_rate},
+    out = {"input": {"batch": cfg.train_batch, "seconds": cfg.seconds, "sample_rate": cfg.sample_rate},
            "upstream": bench_upstream(cfg)}
     dry_reps = (cfg.repeats, cfg.warmup)
     out["chain_loss"] = bench_chain_loss(cfg)
@@ -180,7 +180,31 @@ def bench_train_step(cfg: Config) -> dict:
                 e["stock" + suffix] = {"error": _err(ex)}
                 cfg.errors.append(f"train_step.{approach}.stock{suffix}: {_err(ex)}")
                 traceback.print_exc()
+    try:
+        out["compressor"] = bench_step_compressor(cfg)
+    except Exception as ex:
+        out["compressor"] = {"error": _err(ex)}
+        cfg.errors.append(f"train_step.compressor: {_err(ex)}")
+        traceback.print_exc()
     return out
+
+
+def bench_step_compressor(cfg: Config) -> dict:
+    """The console's compressor alone, forward + backward, on the training step's batch (mono,
+    parameters mid-range as leaves): the part of the step it takes (`share_of_step`, filled in by
+    `complete_train_step`). On CPU the numba kernels, elsewhere the torch path on the device."""
+    import torch
+
+    from mst_single import functional as F
+
+    b = _training_batch(cfg)
+    x = b["raw"].clone().requires_grad_(True)
+    n = cfg.train_batch
+    ps = [torch.full((n,), v, device=cfg.device, requires_grad=True) for v in (-24.0, 4.0, 5.0, 120.0, 6.0, 3.0)]
+    _log("train_step: compressor alone")
+    res = time_it(_fwd_bwd(lambda: F.compressor(x, cfg.sample_rate, *ps), [x, *ps]), cfg.repeats, cfg.warmup, cfg.device)
+    res["backend"] = "numba" if x.device.type == "cpu" else "torch"
+    return res
 
 
 def complete_train_step(results: dict) -> None:
@@ -196,16 +220,24 @@ def complete_train_step(results: dict) -> None:
             continue
         if "stock" not in e and "median_s" in e.get("stock_no_reverb", {}):
             rv = st.get("reverb", {}).get("stock", {}).get("forward_backward", {})
+            # the stages run at their own batch: dasp's reverb cost grows linearly with it
+            scale = ts["input"]["batch"] / max(st.get("input", {}).get("batch", ts["input"]["batch"]), 1)
             if "median_s" in rv:
-                e["stock"] = {"median_s": e["stock_no_reverb"]["median_s"] + rv["median_s"], "iqr_s": None, "n": 0,
+                e["stock"] = {"median_s": e["stock_no_reverb"]["median_s"] + scale * rv["median_s"], "iqr_s": None, "n": 0,
                               "estimated": True,
                               "method": "estimated: stock step without reverb (median) + dasp reverb forward+backward on "
                                         "the same batch (stages.reverb.stock.forward_backward: "
                                         + ("extrapolated" if rv.get("estimated") else "measured once")
+                                        + (f", scaled by {scale:g} from the stages' batch" if scale != 1 else "")
                                         + "); run with --full-stock-step to measure directly"}
         for k in ("ours", "ours_no_reverb", "stock", "stock_no_reverb"):
             if e.get(k, {}).get("median_s") is not None and approach != "chain_loss":
                 e[k]["per_example_s"] = e[k]["median_s"] / ts["input"]["batch"]
+                e[k]["steps_per_s"] = 1.0 / e[k]["median_s"]
+                e[k]["examples_per_s"] = ts["input"]["batch"] / e[k]["median_s"]
+        comp = ts.get("compressor", {}).get("median_s")
+        if comp is not None and e.get("ours", {}).get("median_s") and approach != "chain_loss":
+            e["compressor_share_of_step"] = comp / e["ours"]["median_s"]
         with contextlib.suppress(KeyError, TypeError, ZeroDivisionError):
             e["speedup_cpu_no_reverb"] = e["stock_no_reverb"]["cpu_median_s"] / e["ours_no_reverb"]["cpu_median_s"]
         for suffix in ("", "_no_reverb"):
