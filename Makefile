@@ -42,8 +42,11 @@ reproduce: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+# `make bench` on this machine's CPU -> bench/results.json; `make bench DEVICE=cuda` -> bench/results-gpu.json
+DEVICE ?= cpu
+BENCH_OUT ?= $(if $(filter cuda%,$(DEVICE)),bench/results-gpu.json,bench/results.json)
 bench: $(VENV)/.installed
-	$(BIN)/python -m mst_single.bench --out bench/results.json
+	$(BIN)/python -m mst_single.bench --device $(DEVICE) --out $(BENCH_OUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -107,6 +107,15 @@ def specs_for(sample_rate: int, stages: dict[str, bool] | None = None) -> tuple[
     return tuple(out)
 
 
+def no_autocast(device_type: str):
+    """A context that switches autocast off on that device type (a no-op where there is none)."""
+    import contextlib
+
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _stages_on(stages: dict[str, bool] | None) -> dict[str, bool]:
     on = {s: True for s in STAGES}
     for k, v in (stages or {}).items():
@@ -119,15 +128,38 @@ def _stages_on(stages: dict[str, bool] | None) -> dict[str, bool]:
 class VocalConsole(torch.nn.Module):
     """Differentiable vocal chain. raw `(batch, 1, samples)` + p `(batch, num_params)` in [0, 1]
     -> mixed `(batch, 2, samples)`, same length, zero latency (the reverb's wet path starts at its
-    predelay; nothing else delays)."""
+    predelay; nothing else delays).
 
-    def __init__(self, sample_rate: int = 48000, stages: dict[str, bool] | None = None):
+    Runs where raw is, and always in float32 (autocast is switched off inside: under
+    `bf16-mixed` only the controller runs in bfloat16). On an accelerator nothing is read back to
+    the host (`static_sizes`): the EQ's FIR length is the largest over the parameter box
+    (`functional.eq_fir_length_bound`) and the reverb IR is cut at its cap, where on CPU both are
+    sized from the batch's parameters (shorter, so cheaper there); the extra taps hold only the
+    tails below -150 dB (EQ) and -80 dB (reverb). static_sizes: None = on every device but the
+    CPU, True / False = always / never.
+    """
+
+    def __init__(self, sample_rate: int = 48000, stages: dict[str, bool] | None = None,
+                 static_sizes: bool | None = None):
         super().__init__()
         self.sample_rate = int(sample_rate)
         self.stages = _stages_on(stages)
         self.specs = specs_for(self.sample_rate, self.stages)
         self.param_names = [s.name for s in self.specs]
         self.num_params = len(self.specs)
+        self.static_sizes = static_sizes
+        self.reverb_ir_taps_max = int(round(REVERB_IR_SECONDS * self.sample_rate))
+
+    @property
+    def eq_fir_taps_max(self) -> int | None:
+        """The EQ FIR length used with static sizes: the largest over the EQ's parameter box
+        (computed on first use, cached per box: ~0.1 s, which a CPU-only mix never pays)."""
+        if not self.stages["eq"]:
+            return None
+        sp = {s.name: s for s in self.specs}
+        return F.eq_fir_length_bound(self.sample_rate, (sp["eq_band1_gain_db"].low, sp["eq_band1_gain_db"].high),
+                                     tuple((sp[f"eq_{b}_freq_hz"].low, sp[f"eq_{b}_freq_hz"].high) for b in EQ_BANDS),
+                                     tuple((sp[f"eq_{b}_q"].low, sp[f"eq_{b}_q"].high) for b in EQ_BANDS))
 
     # -- parameter mapping ------------------------------------------------------------------
     def denormalize(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -166,25 +198,35 @@ class VocalConsole(torch.nn.Module):
         return (u["comp_threshold_db"], u["comp_ratio"], u["comp_attack_ms"], u["comp_release_ms"],
                 u["comp_knee_db"], u["comp_makeup_db"])
 
-    def reverb_ir(self, u: dict[str, torch.Tensor], dtype=torch.float32, device=None) -> torch.Tensor:
+    def reverb_ir(self, u: dict[str, torch.Tensor], dtype=torch.float32, device=None,
+                  length: int | None = None) -> torch.Tensor:
         """The reverb send's impulse response `(batch, 2, taps)` for parameters in units."""
         return F.reverb_ir(self.sample_rate, u["reverb_decay_s"], u["reverb_predelay_ms"], u["reverb_tone"],
-                           u["reverb_wet_db"], REVERB_IR_SECONDS, 0, dtype, device)
+                           u["reverb_wet_db"], REVERB_IR_SECONDS, 0, dtype, device, length)
 
     def forward(self, raw: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if raw.ndim != 3 or raw.shape[1] != 1:
             raise ValueError(f"expected raw (batch, 1, samples), got {tuple(raw.shape)}")
-        u = {k: v.to(raw.dtype) for k, v in self.denormalize(p.to(raw.device)).items()}
+        if raw.dtype not in (torch.float32, torch.float64):
+            raw = raw.float()  # bfloat16 / float16 audio: the chain's FFTs and recursions need float32
+        with no_autocast(raw.device.type):
+            return self._forward(raw, p.to(device=raw.device, dtype=raw.dtype))
+
+    def _forward(self, raw: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        static = self.static_sizes if self.static_sizes is not None else raw.device.type != "cpu"
+        u = self.denormalize(p)
         x = raw
         if self.stages["gain"]:
             x = F.gain(x, u["gain_db"])
         if self.stages["eq"]:
-            x = F.parametric_eq(x, self.sample_rate, *self._eq_args(u))
+            x = F.parametric_eq(x, self.sample_rate, *self._eq_args(u),
+                                fir_length=self.eq_fir_taps_max if static else None)
         if self.stages["compressor"]:
             x = F.compressor(x, self.sample_rate, *self._comp_args(u))
         y = x.expand(-1, 2, -1)
         if self.stages["reverb"]:
-            y = y + F.fft_convolve(x, self.reverb_ir(u, x.dtype, x.device))
+            h = self.reverb_ir(u, x.dtype, x.device, self.reverb_ir_taps_max if static else None)
+            y = y + F.fft_convolve(x, h)
         if self.stages["output_gain"]:
             y = F.gain(y, u["output_gain_db"])
         return y.contiguous()

@@ -88,11 +88,22 @@ def stft(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.T
     return torch.fft.rfft(_frames(x, n_fft, hop, window), dim=-1)
 
 
+def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, (pad, pad), mode="reflect")`` on the last dim, by slicing, flip and cat.
+
+    The same numbers, but its backward is slice / flip / cat gradients, which are deterministic
+    on every device: the CUDA backward of ``ReflectionPad1d`` accumulates with atomics and raises
+    under ``torch.use_deterministic_algorithms(True)`` (``trainer.deterministic: true``).
+    Needs ``pad < samples``.
+    """
+    if pad == 0:
+        return x
+    return torch.cat([x[..., 1:pad + 1].flip(-1), x, x[..., -pad - 1:-1].flip(-1)], dim=-1)
+
+
 def _frames(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
     """Centred (reflect-padded), windowed frames: (rows, samples) -> (rows, frames, n_fft)."""
-    pad = n_fft // 2
-    xp = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-    return xp.unfold(-1, n_fft, hop) * window
+    return reflect_pad(x, n_fft // 2).unfold(-1, n_fft, hop) * window
 
 
 class _FlooredRfftMagnitude(torch.autograd.Function):

@@ -14,6 +14,8 @@ Silence (no block above the absolute gate) reads -70.0 LUFS everywhere instead o
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -81,8 +83,10 @@ def _gate(seg: torch.Tensor, num_blocks: int, sample_rate: float) -> torch.Tenso
     Returns (batch,) LUFS, -70.0 where no block passes the absolute gate.
     """
     c = seg.shape[-2]
-    weights = torch.tensor([_CHANNEL_WEIGHTS[min(i, 4)] for i in range(c)], dtype=seg.dtype, device=seg.device)
-    seg = (seg * weights[:, None]).sum(-2)  # weighted sum over channels, (batch, segments)
+    if c > 3:  # the surrounds weigh 1.41 (made on the device: nothing is copied there per call)
+        weights = torch.where(torch.arange(c, device=seg.device) >= 3, _CHANNEL_WEIGHTS[3], 1.0).to(seg.dtype)
+        seg = seg * weights[:, None]
+    seg = seg.sum(-2)  # weighted sum over channels, (batch, segments)
     energy = sum(seg[..., k:k + num_blocks] for k in range(4)) / (BLOCK_SECONDS * sample_rate)
     with torch.no_grad():
         block_lufs = -0.691 + 10.0 * torch.log10(energy)  # -inf for silent blocks, never NaN
@@ -106,12 +110,38 @@ def k_weight_torch(x: torch.Tensor, sample_rate: float) -> torch.Tensor:
     n = x.shape[-1]
     n_fft = n + int(_K_TAIL_SECONDS * sample_rate)
     n_fft += n_fft % 2
+    spec = torch.fft.rfft(x.to(torch.float64), n=n_fft) * _k_response(float(sample_rate), n_fft, x.device)
+    return torch.fft.irfft(spec, n=n_fft)[..., :n]
+
+
+@functools.lru_cache(maxsize=16)
+def _k_response(sample_rate: float, n_fft: int, device: torch.device) -> torch.Tensor:
+    """K-weighting response on the rfft grid of n_fft points, complex128, computed once per size
+    and device (so a training step copies nothing to the device)."""
     b, a = k_weighting_coefficients(sample_rate)
     z1 = np.exp(-1j * np.pi * np.arange(n_fft // 2 + 1) / (n_fft // 2))  # e^{-jw} on the rfft grid
     powers = np.stack([np.ones_like(z1), z1, z1 * z1])
-    h = np.prod((b @ powers) / (a @ powers), axis=0)
-    spec = torch.fft.rfft(x.to(torch.float64), n=n_fft) * torch.from_numpy(h).to(x.device)
-    return torch.fft.irfft(spec, n=n_fft)[..., :n]
+    return torch.from_numpy(np.prod((b @ powers) / (a @ powers), axis=0)).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _segment_index(n: int, sample_rate: float, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather index `(count, width)` and validity mask of the samples of each 100 ms segment
+    [bound k, bound k + 1) of n samples (bounds clipped to n), for `_segment_sums`."""
+    bounds = np.minimum(_segment_bounds(count + 1, sample_rate), n)
+    width = max(int(np.max(np.diff(bounds))), 1)
+    idx = bounds[:-1, None] + np.arange(width)[None]
+    valid = idx < bounds[1:, None]
+    return torch.from_numpy(np.minimum(idx, max(n - 1, 0))).to(device), torch.from_numpy(valid).to(device)
+
+
+def _segment_sums(p: torch.Tensor, sample_rate: float, count: int) -> torch.Tensor:
+    """Sum of p `(..., n)` over each of `count` 100 ms segments -> `(..., count)`.
+
+    A gather and a sum rather than differences of a cumulative sum: torch.cumsum on a CUDA
+    float tensor raises under deterministic algorithms (`trainer.deterministic: true`)."""
+    idx, valid = _segment_index(p.shape[-1], float(sample_rate), count, p.device)
+    return torch.where(valid, p[..., idx], torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
 
 
 def loudness_torch(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -126,15 +156,12 @@ def loudness_torch(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
     with torch.no_grad():
         n = x.shape[-1]
         y = k_weight_torch(x.detach(), sample_rate)
-        csum = torch.nn.functional.pad(torch.cumsum(y * y, dim=-1), (1, 0))
         if n < BLOCK_SECONDS * sample_rate:
-            energy = csum[..., -1:].sum(-2) / max(n, 1)
-            out = -0.691 + 10.0 * torch.log10(energy[..., 0].clamp(min=1e-30))
+            energy = (y * y).sum((-2, -1)) / max(n, 1)
+            out = -0.691 + 10.0 * torch.log10(energy.clamp(min=1e-30))
             return out.clamp(min=SILENCE_LUFS).float()
         num_blocks = _num_blocks(n, sample_rate)
-        bounds = torch.from_numpy(np.minimum(_segment_bounds(num_blocks + 4, sample_rate), n)).to(x.device)
-        edges = csum[..., bounds]
-        seg = edges[..., 1:] - edges[..., :-1]
+        seg = _segment_sums(y * y, sample_rate, num_blocks + 3)
         return _gate(seg, num_blocks, sample_rate).float()
 
 

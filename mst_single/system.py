@@ -156,16 +156,18 @@ class VocalMST(pl.LightningModule):
         self._songs = list(batch.get("song", []))
         raw, target = batch["raw"], batch["mixed"]
         reference = batch.get("reference") if self.needs_reference else None
-        for name, t in (("raw", raw), ("mixed", target), ("reference", reference)):
-            if t is not None and not torch.isfinite(t).all():
-                self._non_finite(f"{stage} batch: the {name} audio holds NaN/Inf samples")
         x = self.normalize_input(raw, batch.get("raw_lufs"))
         p = self._predict(x, reference)
-        if not torch.isfinite(p).all():
-            self._non_finite(f"{stage}: the network predicted NaN/Inf parameters")
         output = self.console(x, p)
         losses = self.loss_fn(output, target)
+        # NaN/Inf anywhere above reaches the loss (every stage propagates it without raising), so
+        # one read of it is the step's only host sync; the culprit is looked up only then
         if not torch.isfinite(losses["loss"]):
+            for name, t in (("raw", raw), ("mixed", target), ("reference", reference)):
+                if t is not None and not torch.isfinite(t).all():
+                    self._non_finite(f"{stage} batch: the {name} audio holds NaN/Inf samples")
+            if not torch.isfinite(p).all():
+                self._non_finite(f"{stage}: the network predicted NaN/Inf parameters")
             self._non_finite(f"{stage} loss is {losses['loss'].item()}")
         bs = raw.shape[0]
         on_step = stage == "train"
@@ -173,7 +175,7 @@ class VocalMST(pl.LightningModule):
             self.log(f"{stage}/{k}", v, on_step=on_step, on_epoch=not on_step, batch_size=bs,
                      prog_bar=(k == "loss"), sync_dist=not on_step)
         pd = p.detach()
-        self._params[stage].append(pd.float().cpu())
+        self._params[stage].append(pd.float())  # stays on the device until the epoch's histograms
         units = self.console.denormalize(pd)
         self.log_dict({f"{stage}/params/{k}": v.mean() for k, v in units.items()}, on_step=False, on_epoch=True,
                       batch_size=bs, sync_dist=True)
@@ -247,7 +249,7 @@ class VocalMST(pl.LightningModule):
         wandb_logger = find_wandb_logger(self.trainer)
         if not chunks or wandb_logger is None:
             return
-        units = self.console.denormalize(torch.cat(chunks))
+        units = self.console.denormalize(torch.cat(chunks).cpu())
         log = {f"{stage}/params_hist/{k}": histogram(v.double().numpy()) for k, v in units.items()}
         safe_wandb_log(wandb_logger, {**log, "trainer/global_step": self.global_step})
 

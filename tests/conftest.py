@@ -110,7 +110,7 @@ def tiny_fit_args(root, runs, epochs=1, sample_rate=16000) -> list[str]:
     epoch, a tiny encoder and loss, no W&B. Later arguments on the same command line override these."""
     return [
         "--data.root", str(root), "--data.sample_rate", str(sample_rate), "--data.segment_seconds", "1",
-        "--data.batch_size", "2", "--data.train_segments_per_epoch", "4",
+        "--data.batch_size", "2", "--data.num_workers", "0", "--data.train_segments_per_epoch", "4",
         "--data.val_fraction", "0.2", "--data.test_fraction", "0.2",
         "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}', "--model.hidden", "16",
         "--model.loss", '{"fft_sizes": [1024, 256], "hop_sizes": [256, 64], "win_lengths": [1024, 256]}',

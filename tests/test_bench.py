@@ -43,7 +43,7 @@ def test_quick_run_structure_and_provenance(quick_run):
     prov = res["provenance"]
     assert {"commit", "packages", "hardware", "time_utc"} <= set(prov)
     assert prov["hardware"]["cpu_count"] >= 1
-    for section in ("stages", "train_step", "mix", "mix_memory", "targets"):
+    for section in ("stages", "train_step", "data", "mix", "mix_memory", "targets"):
         assert section in res, section
 
 
@@ -99,7 +99,8 @@ def test_quick_run_train_step_mix_memory(quick_run):
 def test_quick_run_targets_evaluated_and_printed(quick_run):
     res, stdout = quick_run
     tg = res["targets"]
-    assert set(tg) == {"train_step_10x_faster_than_stock", "mix_3min_under_2s", "mix_1h_under_2GiB"}
+    assert set(tg) == {"train_step_10x_faster_than_stock", "mix_3min_under_2s", "mix_1h_under_2GiB",
+                       "compressor_under_10pct_of_step", "data_loader_not_the_bottleneck"}  # + gpu_* on CUDA
     for t in tg.values():
         assert isinstance(t["met"], bool)
     assert isinstance(tg["train_step_10x_faster_than_stock"]["met_no_reverb"], bool)
@@ -107,6 +108,42 @@ def test_quick_run_targets_evaluated_and_printed(quick_run):
         if not t["met"]:
             assert "profile" in t or "bound_by" in t
     assert "targets:" in stdout and "train step approach1" in stdout and "max|diff|" in stdout
+
+
+@pytest.mark.slow
+def test_quick_run_data_loader_and_step_rates(quick_run):
+    """The `data` section: the DataLoader alone at each worker count, next to what the step consumes;
+    the training step's steps / examples per second and the compressor's share of it."""
+    res, stdout = quick_run
+    d, ts = res["data"], res["train_step"]
+    batch = ts["input"]["batch"]
+    assert d["input"]["batch"] == batch and d["input"]["seconds"] == res["config"]["seconds"]
+    for w in res["config"]["data_workers"]:
+        e = d[f"workers_{w}"]
+        _positive_stats(e, 2)
+        assert e["segments"] == batch * res["config"]["data_batches"]
+        assert e["segments_per_s"] == pytest.approx(e["segments"] / e["median_s"], rel=0.5)
+        assert 0 < e["first_batch_s"] <= e["q3_s"] and isinstance(e["keeps_up"], bool)
+    slower = max(ts["approach1"]["ours"]["median_s"], ts["approach2"]["ours"]["median_s"])
+    assert d["step"]["segments_per_s_consumed"] == pytest.approx(batch / slower)
+    assert d["workers_0"]["step_s_with_loading"] > slower
+    for a in ("approach1", "approach2"):
+        o = ts[a]["ours"]
+        assert o["steps_per_s"] == pytest.approx(1 / o["median_s"]) and o["examples_per_s"] == pytest.approx(batch / o["median_s"])
+        assert 0 < ts[a]["compressor_share_of_step"] < 1
+    assert ts["compressor"]["backend"] == "numba" and ts["compressor"]["median_s"] > 0
+    assert "DataLoader 0 workers" in stdout and "steps / examples per second" in stdout
+
+
+def test_make_bench_device_cuda_writes_results_gpu():
+    """`make bench DEVICE=cuda` runs the benchmark on the GPU into bench/results-gpu.json; plain
+    `make bench` stays on the CPU (dry run: nothing is executed)."""
+    def cmd(*args):
+        out = subprocess.run(["make", "-n", "bench", *args, "VENV=/nonexistent"], cwd=REPO, capture_output=True, text=True)
+        return [ln for ln in out.stdout.splitlines() if "mst_single.bench" in ln][0]
+
+    assert "--device cuda --out bench/results-gpu.json" in cmd("DEVICE=cuda")
+    assert "--device cpu --out bench/results.json" in cmd()
 
 
 def test_summarize_median_and_iqr():
@@ -168,6 +205,8 @@ def test_bad_arguments_are_user_errors():
         bench.config_from_args(_args(repeats=0))
     cfg = bench.config_from_args(_args(quick=True, only="stages"))
     assert cfg.quick and cfg.sections == ("stages",) and cfg.seconds < 4.0
+    assert bench.Config().train_batch == 4 and bench.Config(device="cuda").train_batch == 8  # the `full` budget
+    assert bench.Config(device="cuda", step_batch=2).train_batch == 2
 
 
 def test_upstream_skipped_without_checkout(tmp_path):

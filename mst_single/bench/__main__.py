@@ -1,0 +1,5 @@
+import sys
+
+from mst_single.bench.cli import main
+
+sys.exit(main())
