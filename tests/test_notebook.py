@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import nbformat
@@ -83,6 +84,24 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell():
     assert [c for c in code if c.outputs or c.execution_count is not None] == []
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
     assert sum("train" in c.metadata.get("tags", []) for c in code) == 2  # the two fit cells
+
+
+def test_install_cell_refuses_a_runtime_torch_outside_the_range(tmp_path):
+    """A runtime whose torch is older than the range: a clear error before pip runs (nothing installed)."""
+    fake = tmp_path / "fake" / "torch-2.5.1+cu124.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.5.1+cu124\n")
+    nb = with_parameters(tiny_parameters(tmp_path, "local"))
+    cells = [c.source for c in nb.cells[:nb.cells.index(cell_with(nb, "keep-runtime-torch")) + 1] if c.cell_type == "code"]
+    # -S: site-packages without their .pth files, so vocal-mst's editable install is not importable
+    # (a runtime without it); the fake torch metadata comes first on the path
+    env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{sysconfig.get_paths()['purelib']}")
+    out = subprocess.run([sys.executable, "-S", "-c", "\n".join(cells)], cwd=NOTEBOOK.parent, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert ("this runtime's torch 2.5.1+cu124 is outside vocal-mst's supported range torch<2.15,>=2.6"
+            in out.stderr), out.stderr
+    assert "$ pip install" not in out.stdout and "SKIPPED: Google Drive mount" in out.stdout
 
 
 @pytest.mark.slow
