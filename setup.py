@@ -2,11 +2,11 @@
 from setuptools import find_packages, setup
 
 # torch is a range, so that a hosted notebook runtime (Colab) keeps the torch build it ships with
-# (notebooks/quickstart.ipynb installs with the constraint torch==<the runtime's version>). Ends:
-# 2.6 (torch.load defaults to weights_only=True from 2.6 on, the path our checkpoint loading takes) and
-# the newest release tested, 2.14.x. CI installs 2.13.0 (the Makefile, a CPU build from local disk) and
-# tests the 2.14.1 end with the notebook (tests/test_notebook.py); see the README, "Quickstart in a
-# hosted notebook". A plain `torch` requirement on a machine without torch pulls a multi-GB CUDA build.
+# (notebooks/quickstart.ipynb installs with the constraint torch==<the runtime's version>). Both ends
+# are tested releases: 2.6.0 by hand (a multi-GB download), 2.14.1 in CI, by tests/test_notebook.py;
+# from 2.6 on torch.load defaults to weights_only=True, so checkpoints load the same way throughout.
+# The Makefile installs 2.13.0 (a CPU build from local disk) for the rest of CI; see the README,
+# "Quickstart in a hosted notebook". A plain `torch` requirement without torch pulls a multi-GB CUDA build.
 TORCH_REQUIREMENT = "torch>=2.6,<2.15"
 # Everything else is pinned exactly: a fresh machine resolves the same environment CI tested.
 INSTALL_REQUIRES = [
