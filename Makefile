@@ -63,11 +63,12 @@ upstream: $(VENV)/.installed
 	git submodule update --init $(UPSTREAM)
 	$(BIN)/python scripts/patches.py apply --upstream $(UPSTREAM)
 
+# mst itself is not installed: main.py and the tests run from the tree (an installed copy would
+# shadow the trees that patches-standalone tests)
 upstream-install:
 	test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
 	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(UPSTREAM)/requirements-vocal.txt
-	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(UPSTREAM)
 
 # the tests the series adds, with upstream's own pytest settings (none), not this repo's pyproject.toml
 upstream-test: $(VENV)/.installed

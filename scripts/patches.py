@@ -564,6 +564,13 @@ def standalone(upstream: Path, python: Path, patches_dir: Path = PATCHES, only: 
     series = load_series(patches_dir)
     with tempfile.TemporaryDirectory(prefix="patches-standalone-") as tmp:
         env = test_env(python, Path(tmp))
+        # upstream's mst has no __init__.py: an installed copy (pip install -e Diff-MST) would merge
+        # into every tree's namespace package and lend it modules that the tree under test lacks
+        shadow = subprocess.run([str(python), "-c", "import mst; print(*mst.__path__)"], cwd=tmp, env=env,
+                                capture_output=True, text=True)
+        if shadow.returncode == 0:
+            raise PatchError(f"imports mst from {shadow.stdout.strip()} outside any tree under test", python,
+                             "uninstall it (`pip uninstall DiffMST`): the tests put each tree on PYTHONPATH")
         if "PYTHONPATH" in env:
             log("torchaudio does not import in this Python: tests run with the I/O stand-in (see patches/README.md)")
         for patch in series:
