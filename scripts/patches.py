@@ -621,7 +621,8 @@ def test_series(upstream: Path, python: Path, patches_dir: Path = PATCHES) -> su
 # upstream-fit report
 
 def fit_report(run_dir: Path, out: Path) -> dict:
-    """Loss curve of a ``make upstream-fit`` run (its CSVLogger metrics.csv) as out/loss.csv + loss.png."""
+    """Loss curve of a ``make upstream-fit`` run (its CSVLogger metrics.csv) as out/loss.csv + loss.png,
+    with the run's resolved config.yaml."""
     found = sorted(run_dir.glob("lightning_logs/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise PatchError("has no lightning_logs/version_*/metrics.csv", run_dir, "run `make upstream-fit` first")
@@ -639,6 +640,8 @@ def fit_report(run_dir: Path, out: Path) -> dict:
         v = val_at.get(step)
         lines.append(f"{step},{loss:.6g},{mrstft:.6g},{l1:.6g},{'' if v is None else f'{v:.6g}'}\n")
     write_text(out / "loss.csv", "".join(lines))
+    if (found[-1].parent / "config.yaml").is_file():  # main.py saves the resolved config (0007)
+        write_text(out / "config.yaml", (found[-1].parent / "config.yaml").read_text(encoding="utf-8"))
 
     import matplotlib
     matplotlib.use("Agg")
@@ -662,6 +665,7 @@ def fit_report(run_dir: Path, out: Path) -> dict:
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(suffix=".png", dir=out, delete=False) as tmp:
         fig.savefig(tmp.name)
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private
     os.replace(tmp.name, out / "loss.png")
     plt.close(fig)
     first, last = loss[: min(20, len(loss))].mean(), loss[-min(20, len(loss)):].mean()

@@ -352,6 +352,7 @@ def test_fit_report_writes_the_loss_curve(tmp_path):
     rows += [f"0,,{s},0.1,{10.0 / (s + 1):.4f},1.0,,," for s in range(30)]
     rows += ["0,,29,,,,0.75,0.1,0.65"]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / "config.yaml").write_text("seed_everything: 42\n")
     out = tmp_path / "report"
     report = patches.fit_report(tmp_path / "run", out)
     assert report["steps"] == 30 and report["val"] == [(29, 0.75)]
@@ -360,6 +361,16 @@ def test_fit_report_writes_the_loss_curve(tmp_path):
     assert [int(r["step"]) for r in table] == list(range(30))
     assert float(table[0]["train_loss"]) == 10.0 and table[29]["val_loss"] == "0.75"
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "config.yaml").read_text() == "seed_everything: 42\n"
     with pytest.raises(patches.PatchError, match="metrics.csv"):
         patches.fit_report(tmp_path / "nothing", out)
 
+
+def test_committed_fit_record_is_well_formed():
+    rows = list(csv.DictReader((patches.PATCHES / "upstream-fit" / "loss.csv").open()))
+    steps = [int(r["step"]) for r in rows]
+    assert len(rows) >= 100 and steps == sorted(set(steps))
+    assert all(float(r["train_loss"]) > 0 and float(r["train_loss"]) < float("inf") for r in rows)
+    assert (patches.PATCHES / "upstream-fit" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    config = (patches.PATCHES / "upstream-fit" / "config.yaml").read_text()
+    assert "class_path: mst.vocal_system.VocalSystem" in config and "lr: 1.0e-05" in config
