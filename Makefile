@@ -54,31 +54,46 @@ clean:
 # --- Upstream Diff-MST with our patch series (see README "Upstream"); CI needs none of this ---
 UPSTREAM ?= Diff-MST
 UPSTREAM_VENV ?= .venv-upstream
-APPROACH ?= approach1
-UPSTREAM_TESTS = tests/test_torchaudio_optional.py tests/test_mono_reference.py tests/test_controller_tokens.py \
-	tests/test_panner_off.py tests/test_compressor_latency.py tests/test_sample_rate.py tests/test_vocal_losses.py \
-	tests/test_vocal_data.py tests/test_no_mix_encoder.py tests/test_vocal_system.py
-.PHONY: patches-check patches-refresh upstream upstream-install upstream-test upstream-fit
+UPSTREAM_PY = $(abspath $(UPSTREAM_VENV))/bin/python
+APPROACH ?= approach2
+# upstream-fit: upstream's own model (Approach 2) on 12 demo songs, cheap enough for 2 CPU cores:
+# 1.5 s segments at 48 kHz (CNN14 needs >= 128 hops of 512), batch 1, one thread (patches/README.md)
+FIT_DATA ?= /tmp/up-demo
+FIT_DIR ?= /tmp/upstream-fit
+FIT_STEPS ?= 300
+FIT_MAX_TIME ?= 00:01:25:00
+.PHONY: patches-check patches-standalone upstream upstream-install upstream-test upstream-fit
 
 patches-check: $(VENV)/.installed
 	$(BIN)/python scripts/patches.py check
 
-patches-refresh: $(VENV)/.installed
-	$(BIN)/python scripts/patches.py refresh
+# each patch on a fresh tree at the pin with only its dependencies: its tests fail without it, pass
+# with it (needs the upstream checkout and .venv-upstream)
+patches-standalone: $(VENV)/.installed
+	$(BIN)/python scripts/patches.py check --standalone --upstream $(UPSTREAM) --python $(UPSTREAM_PY)
 
 upstream: $(VENV)/.installed
 	git submodule update --init $(UPSTREAM)
 	$(BIN)/python scripts/patches.py apply --upstream $(UPSTREAM)
 
+# mst itself is not installed: main.py and the tests run from the tree (an installed copy would
+# shadow the trees that patches-standalone tests)
 upstream-install:
 	test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
 	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(UPSTREAM)/requirements-vocal.txt
-	$(UPSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(UPSTREAM)
 
-upstream-test:
-	cd $(UPSTREAM) && $(abspath $(UPSTREAM_VENV))/bin/python -m pytest -q $(UPSTREAM_TESTS)
+# the tests the series adds, with upstream's own pytest settings (none), not this repo's pyproject.toml
+upstream-test: $(VENV)/.installed
+	$(BIN)/python scripts/patches.py test --upstream $(UPSTREAM) --python $(UPSTREAM_PY)
 
-upstream-fit:
-	cd $(UPSTREAM) && $(abspath $(UPSTREAM_VENV))/bin/python main.py fit -c configs/vocal.yaml \
-	  -c configs/data/vocal.yaml -c configs/models/vocal-$(APPROACH).yaml --data.init_args.root $(abspath $(DATA))
+upstream-fit: $(VENV)/.installed
+	test -d $(FIT_DATA)/raw || $(BIN)/mst-single demo-data $(FIT_DATA) --songs 12 --seconds 12 --seed 0
+	cd $(UPSTREAM) && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 $(UPSTREAM_PY) main.py fit \
+	  -c configs/vocal.yaml -c configs/data/vocal.yaml -c configs/models/vocal-$(APPROACH).yaml \
+	  --data.init_args.root $(abspath $(FIT_DATA)) --data.init_args.segment_seconds 1.5 \
+	  --data.init_args.batch_size 1 --data.init_args.num_workers 0 --data.init_args.train_segments_per_epoch 100 \
+	  --trainer.max_steps $(FIT_STEPS) --trainer.max_time $(FIT_MAX_TIME) --trainer.log_every_n_steps 1 \
+	  --trainer.enable_progress_bar false --trainer.default_root_dir $(FIT_DIR) \
+	  --trainer.logger.init_args.save_dir $(FIT_DIR)
+	$(BIN)/python scripts/patches.py fit-report $(FIT_DIR) --out patches/upstream-fit

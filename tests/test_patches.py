@@ -1,11 +1,13 @@
-"""The upstream patch series (patches/): complete, well formed, current with mst_single, hashed.
+"""The upstream patch series (patches/): complete, well formed, applies in order, dependencies declared.
 
-All but the last test need no upstream checkout and no network. The last one applies the series to
-a copy of Diff-MST/ and exports it back; it runs only where the submodule is checked out at the
-pinned commit (`git submodule update --init Diff-MST`).
+All but the round-trip test need no upstream checkout and no network: what needs upstream (each patch
+alone on the pinned commit with its tests failing before and passing after) is
+`python scripts/patches.py check --standalone` (`make patches-standalone`), run where Diff-MST is
+checked out. The round trip runs only where the submodule is checked out at the pinned commit.
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import shutil
 import subprocess
@@ -22,7 +24,22 @@ patches = importlib.util.module_from_spec(_spec)
 sys.modules["patches_tool"] = patches  # dataclasses look their module up there
 _spec.loader.exec_module(patches)
 
-LOSS_PATCH = next(iter(patches.GENERATED))  # subject of the patch that carries mst_single/losses.py
+# the upstream defects of issue 14 and the vocal pieces, each one patch
+FIXES = [
+    "Make torchaudio optional for training and data loading",
+    "Return instrument ids before stereo flags from MultitrackDataset",
+    "Keep the parameter loss in System's total loss",
+    "Log one MR-STFT metric in training and validation",
+    "Give naive+feat.yaml one loss weight per audio feature",
+    "Load the model in scripts/run.py with load_diffmst",
+    "Save the resolved config of each run in main.py",
+]
+VOCAL = [
+    "Add MRSTFTL1Loss for targets aligned with the prediction",
+    "Add VocalReferenceDataset and VocalDataModule for paired vocals",
+    "Add VocalSystem for paired training on one track",
+    "Add configs to train on paired vocals with main.py",
+]
 
 
 @pytest.fixture
@@ -31,22 +48,16 @@ def series(tmp_path) -> Path:
     return Path(shutil.copytree(ROOT / "patches", tmp_path / "patches"))
 
 
-@pytest.fixture
-def source(tmp_path) -> Path:
-    """A private copy of mst_single/ to edit."""
-    return Path(shutil.copytree(ROOT / "mst_single", tmp_path / "mst_single",
-                                ignore=shutil.ignore_patterns("__pycache__")))
-
-
 def names(series: Path) -> list[str]:
     return patches.read_series(series)[0]
 
 
-def patch_with_subject(series: Path, subject: str) -> Path:
-    for name in names(series):
-        if patches.parse_patch(name, (series / name).read_text()).subject == subject:
-            return series / name
-    raise AssertionError(f"no patch '{subject}'")
+def committed() -> list:
+    return patches.load_series(patches.PATCHES)
+
+
+def by_subject(subject: str):
+    return next(p for p in committed() if p.subject == subject)
 
 
 def edit(path: Path, old: str, new: str, count: int = 1) -> None:
@@ -55,8 +66,8 @@ def edit(path: Path, old: str, new: str, count: int = 1) -> None:
     path.write_text(text.replace(old, new, count))
 
 
-def problems_text(series: Path, source: Path = patches.SOURCE) -> str:
-    return "\n".join(patches.check(series, source))
+def problems_text(series: Path) -> str:
+    return "\n".join(patches.check(series))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,42 +76,94 @@ def problems_text(series: Path, source: Path = patches.SOURCE) -> str:
 def test_committed_series_passes_check():
     assert patches.check() == []
     listed = names(patches.PATCHES)
-    assert len(listed) >= 10
+    assert len(listed) == len(committed()) >= 17
     assert [n[:4] for n in listed] == [f"{i:04d}" for i in range(1, len(listed) + 1)]
 
 
-def test_committed_series_covers_the_issue():
-    subjects = [patches.parse_patch(n, (patches.PATCHES / n).read_text()).subject for n in names(patches.PATCHES)]
-    touched = {b.path for n in names(patches.PATCHES)
-               for b in patches.parse_patch(n, (patches.PATCHES / n).read_text()).blocks}
-    assert set(patches.GENERATED) <= set(subjects)
-    for path in ("mst/vocal/losses.py", "mst/vocal/data.py", "mst/vocal_system.py", "configs/data/vocal.yaml",
-                 "configs/models/vocal-approach1.yaml", "configs/models/vocal-approach2.yaml"):
+def test_one_patch_per_defect_and_the_vocal_pieces():
+    subjects = [p.subject for p in committed()]
+    for subject in FIXES + VOCAL:
+        assert subjects.count(subject) == 1, subject
+    touched = {b.path for p in committed() for b in p.blocks}
+    for path in ("mst/callbacks/mix.py", "configs/models/naive+feat.yaml", "scripts/run.py", "main.py",
+                 "mst/vocal_dataloader.py", "mst/vocal_system.py", "configs/data/vocal.yaml",
+                 "configs/models/vocal-approach1.yaml", "configs/models/vocal-approach2.yaml", "requirements-vocal.txt"):
         assert path in touched, path
+
+
+def test_standalone_fixes_come_first_and_depend_on_nothing():
+    series = committed()
+    first_dependent = next(i for i, p in enumerate(series) if patches.depends_on(p))
+    assert first_dependent >= 12
+    assert all(not patches.depends_on(p) for p in series[:first_dependent])
+    assert {s for s in FIXES} <= {p.subject for p in series[:first_dependent]}
+
+
+def test_dependencies_of_the_vocal_group():
+    series = committed()
+    configs = by_subject(VOCAL[-1])
+    base = {p.subject for p in patches.closure(configs, series)}
+    assert set(VOCAL) <= base
+    assert {"Allow a MixStyleTransferModel without mix encoder", "Treat a mono reference mix as dual mono",
+            "Let the controller take any number of mix tokens up to two",
+            "Fix the mix console when the track panner is off",
+            "Add optional look-ahead compensation to the mix console"} <= base
+    assert [p.subject for p in patches.closure(by_subject(FIXES[1]), series)] == [FIXES[1]]
+    assert patches.test_files(by_subject(VOCAL[1])) == ["tests/test_vocal_dataloader.py"]
+
+
+def test_no_copies_of_our_package_and_reviewable_sizes():
+    for p in committed():
+        assert len(p.text) < 30_000, (p.name, len(p.text))
+        for b in p.blocks:
+            assert not b.path.startswith("mst/vocal/"), (p.name, b.path)
+            assert b"mst_single" not in (b.added or b""), (p.name, b.path)
+        assert "Generated from vocal-mst" not in p.text
+    dataset = next(b for b in by_subject(VOCAL[1]).blocks if b.path == "mst/vocal_dataloader.py")
+    assert dataset.new_file and dataset.added.count(b"\n") <= 350
+
+
+def test_loss_reuses_upstreams_auraloss():
+    block = next(b for b in by_subject(VOCAL[0]).blocks if b.path == "mst/loss.py")
+    assert "+import auraloss" in block.text and "auraloss.freq.MultiResolutionSTFTLoss(" in block.text
 
 
 def test_check_command_line_reports_ok():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "patches.py"), "check"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "patches OK" in result.stdout
+    assert f"{len(committed())} patches OK" in result.stdout
 
 
-def test_refresh_of_the_committed_series_changes_nothing(series):
-    """The generated blocks that refresh writes are byte-identical to what git format-patch wrote."""
-    before = {n: (series / n).read_bytes() for n in names(series)}
-    assert patches.refresh(series) == []
-    assert {n: (series / n).read_bytes() for n in names(series)} == before
+# ----------------------------------------------------------------------------------------------
+# the series applies in order (blob ids) and dependencies point backwards
+
+def test_reordered_series_does_not_apply(series):
+    """0010 and 0011 both change mst/modules.py: in the other order the blob ids do not chain."""
+    a, b = names(series)[9:11]
+    (series / a).rename(series / f"0011{a[4:]}")
+    (series / b).rename(series / f"0010{b[4:]}")
+    edit(series / "series", f"{a}\n{b}\n", f"0010{b[4:]}\n0011{a[4:]}\n")
+    text = problems_text(series)
+    assert "mst/modules.py starts from blob" in text and "does not apply in this order" in text
 
 
-def test_generated_files_carry_mst_single_code_with_relative_imports():
-    files = {path: data for group in patches.generated_files().values() for path, data in group.items()}
-    losses = files["mst/vocal/losses.py"].decode()
-    assert losses.startswith("# Generated from vocal-mst mst_single/losses.py")
-    assert losses.endswith((ROOT / "mst_single" / "losses.py").read_text())
-    data = files["mst/vocal/data.py"].decode()
-    assert "from .audio import" in data and "from mst_single" not in data
-    assert {"mst/vocal/__init__.py", "mst/vocal/audio.py", "mst/vocal/errors.py"} <= set(files)
+def test_patch_on_another_upstream_version_is_rejected(series):
+    target = series / names(series)[0]
+    pin = patches.PIN_BLOBS["mst/dataloader.py"]
+    edit(target, f"index {pin}..", f"index {'1' * 40}..")
+    text = problems_text(series)
+    assert f"{target.name}: mst/dataloader.py starts from blob 111111111111" in text
+
+
+def test_unknown_or_later_dependency_is_rejected(series):
+    first = series / names(series)[1]
+    edit(first, "Upstream-Status: Pending", "Depends-on: Add nothing at all\nUpstream-Status: Pending")
+    second = series / names(series)[2]
+    edit(second, "Upstream-Status: Pending", f"Depends-on: {VOCAL[-1]}\nUpstream-Status: Pending")
+    text = problems_text(series)
+    assert f'{first.name}: Depends-on names "Add nothing at all", which no patch in the series has' in text
+    assert f'{second.name}: Depends-on "{VOCAL[-1]}", which comes later in the series' in text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,44 +190,6 @@ def test_listed_but_missing_patch_is_rejected(series):
 def test_missing_series_file_is_rejected(series):
     (series / "series").unlink()
     assert "series: missing" in problems_text(series)
-
-
-def test_stale_generated_file_is_rejected_and_refresh_fixes_it(series, source):
-    edit(source / "losses.py", "from __future__ import annotations\n",
-         "from __future__ import annotations\n\nSTALE_MARKER = 1  # changed after the last export\n")
-    text = problems_text(series, source)
-    loss_patch = patch_with_subject(series, LOSS_PATCH)
-    assert f"{loss_patch.name}: mst/vocal/losses.py is stale" in text
-    assert "scripts/patches.py refresh" in text
-
-    assert patches.refresh(series, source) == [loss_patch.name]
-    assert patches.check(series, source) == []
-    assert "+STALE_MARKER = 1  # changed after the last export\n" in loss_patch.read_text()
-
-
-def test_new_mst_single_dependency_is_added_by_refresh(series, source):
-    (source / "extra_helper.py").write_text('"""A new helper the loss imports."""\nVALUE = 3\n')
-    edit(source / "losses.py", "import torch\n", "import torch\n\nfrom mst_single.extra_helper import VALUE  # noqa\n")
-    assert "does not add mst/vocal/extra_helper.py" in problems_text(series, source)
-    patches.refresh(series, source)
-    assert patches.check(series, source) == []
-    block = patches.parse_patch("x", patch_with_subject(series, LOSS_PATCH).read_text())
-    added = {b.path: b.added for b in block.blocks}
-    assert added["mst/vocal/extra_helper.py"].endswith(b"VALUE = 3\n")
-    assert b"from .extra_helper import VALUE" in added["mst/vocal/losses.py"]
-
-
-def test_hand_edited_generated_file_is_rejected(series):
-    target = patch_with_subject(series, LOSS_PATCH)
-    edit(target, "+DEFAULT_EPS = 1e-8", "+DEFAULT_EPS = 1e-7")
-    text = problems_text(series)
-    assert "mst/vocal/losses.py is stale" in text
-
-
-def test_unsupported_mst_single_import_is_a_clear_error(source):
-    edit(source / "losses.py", "import torch\n", "import torch\nimport mst_single.errors\n")
-    with pytest.raises(patches.PatchError, match="cannot be made relative"):
-        patches.generated_files(source)
 
 
 @pytest.mark.parametrize("old, new, message", [
@@ -286,3 +311,66 @@ def test_apply_and_export_refuse_an_empty_submodule_folder(tmp_path, series):
     with pytest.raises(patches.PatchError, match="not a git checkout"):
         patches.export(empty, patches.BRANCH, series)
     assert (series / "series").exists() and names(series) == names(patches.PATCHES)
+
+
+def test_standalone_and_test_refuse_an_empty_submodule_folder(tmp_path):
+    empty = tmp_path / "Diff-MST"
+    empty.mkdir()
+    with pytest.raises(patches.PatchError, match="not a git checkout"):
+        patches.standalone(empty, Path(sys.executable))
+    with pytest.raises(patches.PatchError, match="not a git checkout"):
+        patches.test_series(empty, Path(sys.executable))
+
+
+# ----------------------------------------------------------------------------------------------
+# the torchaudio stand-in for upstream's tests, and the upstream-fit report
+
+def test_torchaudio_standin_reads_and_writes_like_torchaudio(tmp_path):
+    env = patches.test_env(Path(sys.executable), tmp_path)  # torchaudio does not import here
+    assert env["PYTHONPATH"] == str(tmp_path / "standin")
+    code = (
+        "import numpy as np, torch, torchaudio\n"
+        "from torchaudio.pipelines import HDEMUCS_HIGH_MUSDB_PLUS\n"
+        f"path = r'{tmp_path / 'x.wav'}'\n"
+        "x = torch.linspace(-0.5, 0.5, 2000).repeat(2, 1)\n"
+        "torchaudio.save(path, x, 16000)\n"
+        "assert torchaudio.info(path).num_frames == 2000\n"
+        "y, sr = torchaudio.load(path, frame_offset=100, num_frames=50)\n"
+        "assert sr == 16000 and y.shape == (2, 50) and torch.equal(y, x[:, 100:150])\n"
+        "try:\n    HDEMUCS_HIGH_MUSDB_PLUS.get_model()\nexcept RuntimeError as e:\n    print('raised:', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "raised: torchaudio.pipelines.HDEMUCS_HIGH_MUSDB_PLUS is not available" in result.stdout
+
+
+def test_fit_report_writes_the_loss_curve(tmp_path):
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    run.mkdir(parents=True)
+    rows = ["epoch,lr-Adam,step,train/l1_step,train/loss_step,train/mrstft_step,val/loss,val/l1,val/mrstft",
+            ",1e-05,0,,,,,,"]
+    rows += [f"0,,{s},0.1,{10.0 / (s + 1):.4f},1.0,,," for s in range(30)]
+    rows += ["0,,29,,,,0.75,0.1,0.65"]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / "config.yaml").write_text("seed_everything: 42\n")
+    out = tmp_path / "report"
+    report = patches.fit_report(tmp_path / "run", out)
+    assert report["steps"] == 30 and report["val"] == [(29, 0.75)]
+    assert report["first20"] == pytest.approx(sum(10.0 / (s + 1) for s in range(20)) / 20, rel=1e-3)
+    table = list(csv.DictReader((out / "loss.csv").open()))
+    assert [int(r["step"]) for r in table] == list(range(30))
+    assert float(table[0]["train_loss"]) == 10.0 and table[29]["val_loss"] == "0.75"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "config.yaml").read_text() == "seed_everything: 42\n"
+    with pytest.raises(patches.PatchError, match="metrics.csv"):
+        patches.fit_report(tmp_path / "nothing", out)
+
+
+def test_committed_fit_record_is_well_formed():
+    rows = list(csv.DictReader((patches.PATCHES / "upstream-fit" / "loss.csv").open()))
+    steps = [int(r["step"]) for r in rows]
+    assert len(rows) >= 100 and steps == sorted(set(steps))
+    assert all(float(r["train_loss"]) > 0 and float(r["train_loss"]) < float("inf") for r in rows)
+    assert (patches.PATCHES / "upstream-fit" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    config = (patches.PATCHES / "upstream-fit" / "config.yaml").read_text()
+    assert "class_path: mst.vocal_system.VocalSystem" in config and "lr: 1.0e-05" in config
