@@ -1,6 +1,7 @@
 """The GPU path (skipped without CUDA): `fit` of both approaches on the real configs at tiny sizes,
 its reproducibility under `trainer.deterministic: true`, `mix` of a GPU-trained checkpoint, the
-device compressor against the CPU one, and a console + loss step without host syncs.
+device compressor against the CPU one, the whole-song evaluation of `ablate`, and a console + loss
+step without host syncs.
 Run by scripts/gpu-check.sh on a GPU machine; the CPU side of each check is in test_device.py,
 test_functional.py and test_train.py.
 """
@@ -117,3 +118,23 @@ def test_console_and_loss_step_without_host_syncs():
 
     assert syncs({"compressor": False}) == []
     assert len(syncs(None)) <= 16
+
+
+def test_evaluation_on_gpu_equals_the_cpu(data, tmp_path):
+    """The ablation's whole-song evaluation of a GPU-trained checkpoint runs on the GPU
+    (predictions and console) and scores what the same checkpoint scores on the CPU."""
+    from mst_single.experiments import evaluate as E
+
+    run, _ = _fit("approach2", data, tmp_path / "runs", "eval")
+    testset = E.TestSet(data, sample_rate=16000, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2)
+    assert E.eval_device("auto").type == "cuda" and E.eval_device("cpu").type == "cpu"
+    on_gpu = E.evaluate_model(E.load_model(run / "checkpoints" / "last.ckpt", "cuda"), testset, "same",
+                              progress=False)
+    on_cpu = E.evaluate_model(E.load_model(run / "checkpoints" / "last.ckpt", "cpu"), testset, "same",
+                              progress=False)
+    assert [r.song for r in on_gpu] == [r.song for r in on_cpu] and on_gpu
+    for g, c in zip(on_gpu, on_cpu):
+        assert np.isfinite(g.output).all()
+        assert g.metrics["mrstft"] == pytest.approx(c.metrics["mrstft"], rel=1e-3, abs=1e-4)
+        for k in g.setting:
+            assert g.setting[k] == pytest.approx(c.setting[k], abs=1e-3)

@@ -132,3 +132,15 @@ def test_fit_with_bf16_mixed_precision(make_data, tmp_path):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(v) for v in losses)
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_evaluation_device_follows_the_training_accelerator(monkeypatch):
+    """`ablate` evaluates (and fits its baselines) on CUDA when there is one, unless the training
+    config asks for the CPU."""
+    from mst_single.experiments.evaluate import eval_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eval_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert eval_device("auto").type == "cuda" and eval_device("gpu").type == "cuda"
+    assert eval_device("cpu").type == "cpu" and eval_device(None).type == "cuda"

@@ -160,8 +160,10 @@ def read_truth(root: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- mixing
-def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_lufs: float) -> np.ndarray:
-    """Whole raw song (1, N) -> console output (2, N) float32 with setting p (1, P) in [0, 1].
+def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_lufs: float,
+             device: str | torch.device = "cpu") -> np.ndarray:
+    """Whole raw song (1, N) -> console output (2, N) float32 with setting p (1, P) in [0, 1], the
+    console running on ``device``.
 
     The raw song is scaled by ``song_gain_db(raw_lufs, target_lufs)`` (its whole-song normalisation,
     as the model saw its segments in training and as ``mix`` applies it).
@@ -169,11 +171,13 @@ def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_
     from mst_single.loudness import song_gain_db
 
     gain = 10.0 ** (song_gain_db(raw_lufs, target_lufs) / 20.0)
-    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None] * gain
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None].to(device) * gain
     with torch.no_grad():
-        p = p.detach().float().reshape(1, -1)
+        p = p.detach().float().reshape(1, -1).to(device)
         if x.shape[-1] <= STREAM_SECONDS * console.sample_rate:
-            return console(x, p)[0].numpy()
+            return console(x, p)[0].cpu().numpy()
+        # the streamer runs on the host (numba kernels, bounded memory): beyond 2 min the GPU waits
+        x, p = x.cpu(), p.cpu()
         streamer, hop = console.streamer(p), int(10 * console.sample_rate)
         return np.concatenate([streamer.process(x[0, :, i:i + hop]) for i in range(0, x.shape[-1], hop)], axis=1)
 
@@ -200,18 +204,27 @@ def level_matched_output(raw: np.ndarray, target: np.ndarray, sample_rate: int) 
     return (out * 10 ** ((lt - lo) / 20)).astype(np.float32)
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    """Where a model lives (its first parameter or buffer; CPU if it has none)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_song_params(model, dataset, name: str, batch_size: int = 8) -> torch.Tensor:
-    """Per-parameter median over the song's test-grid segments of ``model.predict_params`` -> (1, P)."""
+    """Per-parameter median over the song's test-grid segments of ``model.predict_params`` -> (1, P),
+    computed on the model's device, returned on the CPU."""
     idx = [i for i, (si, _) in enumerate(dataset.grid) if dataset.songs[si].name == name]
     if not idx:
         raise ValueError(f"song {name} has no test segment")
-    preds = []
+    device, preds = _device(model), []
     for k in range(0, len(idx), batch_size):
         items = [dataset[i] for i in idx[k:k + batch_size]]
-        raw = torch.stack([it["raw"] for it in items])
-        ref = torch.stack([it["reference"] for it in items]) if model.needs_reference else None
-        preds.append(model.predict_params(raw, ref, torch.stack([it["raw_lufs"] for it in items])).float())
+        raw = torch.stack([it["raw"] for it in items]).to(device)
+        ref = torch.stack([it["reference"] for it in items]).to(device) if model.needs_reference else None
+        lufs = torch.stack([it["raw_lufs"] for it in items]).to(device)
+        preds.append(model.predict_params(raw, ref, lufs).float().cpu())
     return torch.cat(preds).median(0, keepdim=True).values
 
 
@@ -251,19 +264,21 @@ def evaluate_model(model, testset: TestSet, policy: str, keep_audio: bool = True
     """Evaluate a trained ``VocalMST`` on every test song (see the module docstring)."""
     settings = predict_settings(model, testset, policy, progress)
     return evaluate_setting(model.console, model.target_lufs, testset, settings, keep_audio, progress,
-                            desc=f"scoring ({policy} refs)")
+                            desc=f"scoring ({policy} refs)", device=_device(model))
 
 
 def evaluate_setting(console, target_lufs: float, testset: TestSet, settings: dict[str, torch.Tensor] | torch.Tensor,
-                     keep_audio: bool = True, progress: bool = True, desc: str = "scoring") -> list[SongResult]:
-    """Evaluate fixed settings: one (1, P) tensor for every song, or {song: (1, P)} (e.g. the oracle)."""
+                     keep_audio: bool = True, progress: bool = True, desc: str = "scoring",
+                     device: str | torch.device = "cpu") -> list[SongResult]:
+    """Evaluate fixed settings: one (1, P) tensor for every song, or {song: (1, P)} (e.g. the oracle),
+    the console running on ``device``."""
     from mst_single.progress import progress as progress_bar
 
     results = []
     for name in progress_bar(testset.names, desc=desc, unit="songs", enabled=progress, leave=False):
         p = settings[name] if isinstance(settings, dict) else settings
         raw, target = testset.audio(name)
-        results.append(_result(console, target_lufs, testset, name, p, raw, target, keep_audio))
+        results.append(_result(console, target_lufs, testset, name, p, raw, target, keep_audio, device))
     return results
 
 
@@ -280,8 +295,8 @@ def evaluate_identity(testset: TestSet, target_lufs: float, level_matched: bool 
     return results
 
 
-def _result(console, target_lufs, testset, name, p, raw, target, keep_audio) -> SongResult:
-    out = mix_song(console, target_lufs, raw, p, testset.raw_lufs(name))
+def _result(console, target_lufs, testset, name, p, raw, target, keep_audio, device="cpu") -> SongResult:
+    out = mix_song(console, target_lufs, raw, p, testset.raw_lufs(name), device)
     units = _units(console, p)
     m = score(out, target, testset.sample_rate, units, testset.truth_params(name), console.specs)
     setting = dict(zip(console.param_names, (float(v) for v in p.detach().float().reshape(-1))))
@@ -298,8 +313,16 @@ def song_means(results: list[SongResult]) -> dict:
     return out
 
 
-def load_model(ckpt: str | Path):
-    """A ``VocalMST`` from a Lightning checkpoint, on CPU, in eval mode (``mix.load_model``'s checks)."""
+def eval_device(accelerator: str | None = "auto") -> torch.device:
+    """The device evaluation and the baselines run on: CUDA when there is one and the training
+    config does not ask for the CPU (``trainer.accelerator``), else the CPU."""
+    if str(accelerator or "auto").lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_model(ckpt: str | Path, device: str | torch.device = "cpu"):
+    """A ``VocalMST`` from a Lightning checkpoint, on ``device``, in eval mode (``mix.load_model``'s checks)."""
     from mst_single.mix import load_model as _load
 
-    return _load(ckpt)[0]
+    return _load(ckpt)[0].to(device)

@@ -299,10 +299,12 @@ def worker(spec_path: Path) -> int:
     if spec["checkpoint"] == "best":
         best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
         ckpt = best[-1] if best else ckpt
+    device = E.eval_device((spec["config"].get("trainer") or {}).get("accelerator"))
     model, meta = load_model(ckpt)
+    model.to(device)
     testset = E.TestSet(**spec["eval_data"])
-    print(f"evaluation: {len(testset.names)} test songs, reference policies {', '.join(spec['eval_policies'])}",
-          flush=True)
+    print(f"evaluation on {device}: {len(testset.names)} test songs, reference policies "
+          f"{', '.join(spec['eval_policies'])}", flush=True)
     rows, predictions, params, audio = [], [], {}, {}
     report = spec.get("report")
     for policy in spec["eval_policies"]:
