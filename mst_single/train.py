@@ -324,7 +324,17 @@ def cli_main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:  # jsonargparse: --help (0) or a bad argument (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    finally:
+        _finish_wandb()
     return 0
+
+
+def _finish_wandb() -> None:
+    """Close this run's W&B stream, so the next fit in the same process (a notebook, a test) starts
+    its own run and a resumed run can take the same id again."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 if __name__ == "__main__":

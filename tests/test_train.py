@@ -256,3 +256,31 @@ def test_wandb_histogram_survives_saturated_parameters():
         h = histogram(values)
         assert sum(h.histogram) == max(int(np.isfinite(values).sum()), 1) and len(h.bins) == len(h.histogram) + 1
         assert all(b > a for a, b in zip(h.bins, h.bins[1:]))
+
+
+def test_each_fit_closes_its_wandb_run_and_workers_get_their_own_service(make_data, tmp_path, monkeypatch):
+    """Two fits in one process (a notebook, a test) each get their own offline W&B run: the first is
+    finished when `fit` returns. Subprocesses `ablate` starts do not inherit this process's W&B
+    service (a resumed run on a shared service fails with "run ID is in use")."""
+    import wandb
+
+    from conftest import tiny_fit_args
+    from mst_single.experiments.runner import worker_env
+
+    root = make_data(songs=4, seconds=3.0)
+    repo = Path(__file__).resolve().parent.parent
+    ids = []
+    for name in ("one", "two"):
+        args = tiny_fit_args(root, tmp_path / "runs")
+        args[args.index("--wandb") + 1] = "true"
+        assert cli_main(["fit", "-c", str(repo / "configs" / "approach2.yaml"), *args, "--run_name", name]) == 0
+        assert wandb.run is None
+        ids.append((tmp_path / "runs" / name / ".wandb_id").read_text().strip())
+    assert ids[0] != ids[1] and all(list((tmp_path / "runs" / n / "wandb").glob("offline-run-*")) for n in ("one", "two"))
+
+    class Unit:
+        run_id = "abc"
+
+    monkeypatch.setenv("WANDB_SERVICE", "2-123-unix-/tmp/socket")
+    env = worker_env(Unit())
+    assert "WANDB_SERVICE" not in env and env["WANDB_RUN_ID"] == "abc"

@@ -249,6 +249,9 @@ def unit_done(unit: Unit) -> bool:
 def worker_env(unit: Unit) -> dict:
     """The subprocess environment: unbuffered, W&B offline and quiet unless set, the unit's W&B run id."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # our own W&B service, not one this process inherited: a stream left open there under the same
+    # run id (a killed or resumed run) makes the next run with that id fail "run ID is in use"
+    env.pop("WANDB_SERVICE", None)
     env.setdefault("WANDB_MODE", "offline")
     env.setdefault("WANDB_SILENT", "true")
     if not env.get("WANDB_SWEEP_ID"):  # a sweep agent names the run it expects itself
