@@ -298,8 +298,11 @@ def _checkpoint_sample_rate(path: str) -> int | None:
     return int(sr) if sr else None
 
 
-def cli_main(argv: list[str] | None = None) -> int:
+def cli_main(argv: list[str] | None = None, keep_wandb: bool = False) -> int:
     """Run `fit`/`validate`/`test` (argv as after `mst-single`); returns the exit code.
+
+    The W&B run is closed at the end unless ``keep_wandb`` (ablate's worker adds the test metrics to
+    the same run, then closes it).
 
     User errors (MstError: bad config path, data problems, NaN loss) are printed without a traceback
     and give exit code 2.
@@ -325,7 +328,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # jsonargparse: --help (0) or a bad argument (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     finally:
-        _finish_wandb()
+        if not keep_wandb:
+            _finish_wandb()
     return 0
 
 
