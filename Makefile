@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/mst-single demo-data $(DATA) --songs 24 --seconds 20 --seed 0
+	$(BIN)/mst-single demo-data $(DATA) --style adaptive --songs 48 --seconds 15 --seed 0
 	$(BIN)/mst-single check-data $(DATA)
 	$(BIN)/mst-single ablate experiments/e01-approach1-vs-approach2 --data $(DATA) --budget smoke
 

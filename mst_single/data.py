@@ -66,6 +66,27 @@ def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
+def read_param_targets(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A parameter-targets file -> (parameter names, {song: (P,) float32 in [0, 1]}).
+
+    JSON ``{"names": [P names], "params": {song: [P values in [0, 1]]}}``: each training song's
+    oracle setting (``mst-single ablate`` fits them with the oracle baseline and writes one file per
+    fold holding the fold's training and validation songs only, never its test songs).
+    """
+    try:
+        d = json.loads(Path(path).read_text())
+        names = [str(n) for n in d["names"]]
+        params = {str(k): np.asarray(v, np.float32).reshape(-1) for k, v in d["params"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read the parameter targets ({type(e).__name__}: {e})", path,
+                        'write JSON {"names": [...], "params": {"SONG": [...]}} or unset data.param_targets') from e
+    for k, v in params.items():
+        if v.shape != (len(names),) or not np.all(np.isfinite(v)) or v.min() < 0 or v.max() > 1:
+            raise DataError(f"the target of song '{k}' is not {len(names)} finite values in [0, 1]", path,
+                            "refit the targets (rerun `mst-single ablate`)")
+    return names, params
+
+
 def split_songs(pairs: list, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
                 split_file: str | os.PathLike | None = None) -> dict[str, list]:
     """Song-level split of `pairs` (anything with `.name`: SongPair, SongInfo) into train/val/test.
@@ -151,7 +172,7 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_file: str | None = None,
                  max_lag_seconds: float = 0.5, allow_unmatched: bool = False, segments_per_epoch: int | None = None,
                  cache_dir: str | None = None, silence_threshold_db: float = -50.0, seed: int | None = None,
-                 songs: list[SongInfo] | None = None):
+                 songs: list[SongInfo] | None = None, param_targets: dict[str, np.ndarray] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if reference_policy not in POLICIES:
@@ -205,6 +226,14 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
                           f"'{self.fallback[0]}' instead", stacklevel=2)
         if not self.songs:
             warnings.warn(f"the {split} split has no usable songs", stacklevel=2)
+        self.targets = None
+        if param_targets is not None:
+            missing = [s.name for s in self.songs if s.name not in param_targets]
+            if missing:
+                raise DataError(f"{len(missing)} {split} songs have no parameter target: {', '.join(missing[:5])}",
+                                fix="refit the targets for this split (rerun `mst-single ablate`) or unset "
+                                    "data.param_targets")
+            self.targets = [torch.from_numpy(param_targets[s.name]) for s in self.songs]
 
     def _positions(self, s: SongInfo) -> tuple[np.ndarray, list[int]]:
         """(hop indices of non-silent training starts, non-silent eval grid starts in samples)."""
@@ -265,11 +294,14 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
         ri, rstart = self._reference(rng, i, start)
         mixed = self._read(i, start, "mixed")
         reference = mixed.copy() if (ri, rstart) == (i, start) else self._read(ri, rstart, "mixed")
-        return dict(raw=torch.from_numpy(self._read(i, start, "raw")), mixed=torch.from_numpy(mixed),
+        item = dict(raw=torch.from_numpy(self._read(i, start, "raw")), mixed=torch.from_numpy(mixed),
                     reference=torch.from_numpy(reference),
                     raw_lufs=torch.tensor(self.songs[i].raw_lufs, dtype=torch.float32),
                     song=self.songs[i].name, start=int(start),
                     reference_song=self.songs[ri].name, reference_start=int(rstart))
+        if self.targets is not None:  # the oracle setting of the song whose mix is the target
+            item["target_params"] = self.targets[i]
+        return item
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,6 +324,8 @@ class VocalDataModule(pl.LightningDataModule):
         train_segments_per_epoch: training items per epoch (default: one per eval-grid segment).
         cache_dir: folder for the alignment cache (alignment.json); None = in-memory only.
         silence_threshold_db: segments whose raw RMS is below this (dBFS) are skipped.
+        param_targets: JSON of each training/validation song's oracle setting (`read_param_targets`);
+            items then carry `target_params` for the model's auxiliary loss (`model.param_loss_weight`).
     """
 
     def __init__(self, root: str, sample_rate: int = 48000, segment_seconds: float = 4.0, batch_size: int = 4,
@@ -300,13 +334,16 @@ class VocalDataModule(pl.LightningDataModule):
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_file: str | None = None,
                  max_lag_seconds: float = 0.5, allow_unmatched: bool = False,
                  train_segments_per_epoch: int | None = None, cache_dir: str | None = None,
-                 silence_threshold_db: float = -50.0):
+                 silence_threshold_db: float = -50.0, param_targets: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.root, self.sample_rate, self.segment_seconds = root, int(sample_rate), segment_seconds
         self.batch_size, self.num_workers = batch_size, num_workers
         self.splits: dict[str, list[SongInfo]] | None = None
         self.datasets: dict[str, VocalReferenceDataset] = {}
+        self.param_target_names, self._targets = None, None
+        if param_targets:
+            self.param_target_names, self._targets = read_param_targets(param_targets)
 
     def setup(self, stage: str | None = None) -> None:
         """Index, validate and align every song (once), split them and build the datasets."""
@@ -328,13 +365,22 @@ class VocalDataModule(pl.LightningDataModule):
             if not self.splits["train"]:
                 raise DataError("no song is in the training split", h.root,
                                 "add songs, lower val_fraction/test_fraction or fix the split file")
+        if self._targets is not None:
+            for split in ("train", "val"):
+                missing = [x.name for x in self.splits[split] if x.name not in self._targets]
+                if missing:
+                    raise DataError(f"{len(missing)} {split} songs have no parameter target: "
+                                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", h.param_targets,
+                                    "the targets belong to another split or data folder: refit them (rerun "
+                                    "`mst-single ablate`), or unset data.param_targets")
         for split in SPLITS:
             if split not in self.datasets and self.splits[split]:
                 self.datasets[split] = VocalReferenceDataset(
                     split=split, sample_rate=h.sample_rate, segment_seconds=h.segment_seconds,
                     reference_policy=h.reference_policy if split == "train" else h.eval_reference_policy,
                     split_seed=h.split_seed, segments_per_epoch=h.train_segments_per_epoch,
-                    silence_threshold_db=h.silence_threshold_db, songs=self.splits[split])
+                    silence_threshold_db=h.silence_threshold_db, songs=self.splits[split],
+                    param_targets=self._targets if split in ("train", "val") else None)
 
     def _loader(self, split: str):
         ds = self.datasets.get(split)

@@ -95,6 +95,8 @@ class AudioEncoder(nn.Module):
       same and the deep, wide stages (where the parameters are) run on small maps. GroupNorm, not BatchNorm: batches are ~4 segments, too few for
       stable batch statistics, and train/eval behave the same.
     - Pooling: the CNN map is flattened over (channels, mel) and pooled by mean and max over time.
+    - ``feature_norm``: the pooled features are standardised (BatchNorm without affine: batch
+      statistics in training, running statistics at inference) before the projection.
     - GroupNorm removes each item's overall level, but gain/EQ/compression decisions depend on it,
       so the per-band mean and standard deviation over time of the mid and side log-mels
       (the long-term spectrum and its dynamics, 4 x n_mels values) skip the CNN and join the
@@ -102,7 +104,8 @@ class AudioEncoder(nn.Module):
     """
 
     def __init__(self, sample_rate: int = 48000, n_fft: int | None = None, hop: int | None = None,
-                 n_mels: int = 64, channels: Sequence[int] = (16, 32, 64, 128, 256), embed_dim: int = 128):
+                 n_mels: int = 64, channels: Sequence[int] = (16, 32, 64, 128, 256), embed_dim: int = 128,
+                 feature_norm: bool = True):
         super().__init__()
         d_fft, d_hop = default_stft_sizes(sample_rate)
         self.sample_rate, self.n_mels, self.embed_dim = int(sample_rate), int(n_mels), int(embed_dim)
@@ -121,6 +124,11 @@ class AudioEncoder(nn.Module):
             c_in, f = c, math.ceil(f / 2)
         self.cnn = nn.Sequential(*layers)
         n_feat = 2 * c_in * f + 4 * self.n_mels
+        # Songs differ little in these features next to their common offset (a log-mel band's mean is
+        # ~-3 for every vocal), so without standardising them every song gets nearly the same
+        # embedding and the head learns one preset (issue 10). Batch statistics in training, running
+        # ones at inference (momentum 0.1: the last ~10 steps); no affine part, the next linear layer has its own.
+        self.norm = nn.BatchNorm1d(n_feat, affine=False) if feature_norm else nn.Identity()
         self.proj = nn.Sequential(nn.Linear(n_feat, embed_dim), nn.ReLU(inplace=True), nn.Linear(embed_dim, embed_dim))
 
     def log_mel(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +156,11 @@ class AudioEncoder(nn.Module):
         h = self.cnn(feats)  # (batch, C, F', T')
         h = h.flatten(1, 2)  # (batch, C * F', T')
         pooled = torch.cat([h.mean(-1), h.amax(-1), stats], dim=1)
-        return self.proj(pooled)
+        if self.training and pooled.shape[0] < 2 and isinstance(self.norm, nn.BatchNorm1d):
+            # one item has no batch statistics (e.g. a last training batch of one): use the running ones
+            n = self.norm
+            return self.proj(nn.functional.batch_norm(pooled, n.running_mean, n.running_var, training=False, eps=n.eps))
+        return self.proj(self.norm(pooled))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,12 +177,14 @@ def _init_bias(init_params, num_params: int) -> torch.Tensor:
     return torch.logit(p.clamp(1e-3, 1 - 1e-3))
 
 
-def _mlp(n_in: int, hidden: int, num_params: int, dropout: float, init_params) -> nn.Sequential:
+def _mlp(n_in: int, hidden: int, num_params: int, dropout: float, init_params,
+         head_init_scale: float = 1.0) -> nn.Sequential:
     head = nn.Linear(hidden, num_params)
     with torch.no_grad():
-        # small head weights: the first predictions sit at init_params (e.g. the console's neutral
-        # defaults) whatever the audio, but every layer still receives gradient from step one
-        head.weight.mul_(0.01)
+        # head_init_scale < 1 starts every prediction near init_params whatever the audio, but it
+        # also scales the gradient reaching the encoder by the same factor: at 0.01 (the recipe
+        # before e05) the encoder barely trained and every song got the same setting (issue 10)
+        head.weight.mul_(float(head_init_scale))
         head.bias.copy_(_init_bias(init_params, num_params))
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                          nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), head)
@@ -233,10 +247,11 @@ class ReferenceController(Controller):
     needs_reference = True
 
     def __init__(self, num_params: int, sample_rate: int = 48000, encoder: dict | None = None,
-                 hidden: int = 256, dropout: float = 0.1, init_params: Sequence[float] | None = None):
+                 hidden: int = 256, dropout: float = 0.1, init_params: Sequence[float] | None = None,
+                 head_init_scale: float = 1.0):
         super().__init__(num_params, sample_rate, encoder)
         e = self.encoder.embed_dim
-        self.head = _mlp(3 * e, hidden, self.num_params, dropout, init_params)
+        self.head = _mlp(3 * e, hidden, self.num_params, dropout, init_params, head_init_scale)
 
     def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         self._check(raw, reference)
@@ -262,9 +277,10 @@ class DirectController(Controller):
     needs_reference = False
 
     def __init__(self, num_params: int, sample_rate: int = 48000, encoder: dict | None = None,
-                 hidden: int = 256, dropout: float = 0.1, init_params: Sequence[float] | None = None):
+                 hidden: int = 256, dropout: float = 0.1, init_params: Sequence[float] | None = None,
+                 head_init_scale: float = 1.0):
         super().__init__(num_params, sample_rate, encoder)
-        self.head = _mlp(self.encoder.embed_dim, hidden, self.num_params, dropout, init_params)
+        self.head = _mlp(self.encoder.embed_dim, hidden, self.num_params, dropout, init_params, head_init_scale)
 
     def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         self._check(raw, reference)
@@ -274,7 +290,8 @@ class DirectController(Controller):
 def build_controller(approach: str, num_params: int, sample_rate: int = 48000, **kw) -> Controller:
     """``approach1`` -> :class:`ReferenceController`, ``approach2`` -> :class:`DirectController`.
 
-    ``kw``: encoder (dict of :class:`AudioEncoder` kwargs), hidden, dropout, init_params.
+    ``kw``: encoder (dict of :class:`AudioEncoder` kwargs), hidden, dropout, init_params,
+    head_init_scale (factor on the output layer's initial weights).
     """
     classes = {"approach1": ReferenceController, "approach2": DirectController}
     if approach not in classes:

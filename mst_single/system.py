@@ -7,6 +7,7 @@ the YAML `model:` section). One step:
     p = controller(x, reference)            (batch, num_params) in [0, 1]
     output = console(x, p)                  (batch, 2, samples)
     loss = MRSTFTL1Loss(output, mixed)      {"loss", "mrstft", "l1"}
+         (+ param_loss_weight * |p - oracle setting of the song|, when the data carries one)
 
 Why normalise the raw input: raw vocals arrive at arbitrary recording levels. Bringing every input
 to `target_lufs` (integrated loudness, BS.1770) before the network *and* the console gives the
@@ -57,6 +58,13 @@ class VocalMST(pl.LightningModule):
         log_audio_every_n_epochs: write audio/spectrogram/parameter examples of a few validation
             segments every N epochs (0 = never); see `mst_single.callbacks.ExamplesCallback`.
         num_log_examples: how many validation segments to write each time.
+        head_init_scale: factor on the controller's output-layer weights at initialisation (1 =
+            PyTorch's default; 0.01 was the recipe before experiments/e05, which collapsed).
+        param_loss_weight: weight of an auxiliary L1 loss between the predicted parameters and each
+            song's oracle setting (fitted once per training song, `data.param_targets`; `ablate`
+            fits and caches them); 0 = the audio loss alone. The audio loss alone has a strong
+            minimum at one preset for every song (issue 10, e05); the oracle targets say which way
+            each song differs from it.
     """
 
     def __init__(
@@ -76,6 +84,8 @@ class VocalMST(pl.LightningModule):
         min_lr_ratio: float = 0.05,
         log_audio_every_n_epochs: int = 5,
         num_log_examples: int = 3,
+        head_init_scale: float = 1.0,
+        param_loss_weight: float = 0.0,
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -86,7 +96,9 @@ class VocalMST(pl.LightningModule):
         self.target_lufs = float(target_lufs)
         self.console = VocalConsole(self.sample_rate, stages)
         self.controller = build_controller(approach, self.console.num_params, self.sample_rate,
-                                           encoder=dict(encoder or {}), hidden=hidden, dropout=dropout)
+                                           encoder=dict(encoder or {}), hidden=hidden, dropout=dropout,
+                                           head_init_scale=head_init_scale)
+        self.param_loss_weight = float(param_loss_weight)
         self.loss_fn = MRSTFTL1Loss(**(loss or {}))
         self.num_parameters = count_parameters(self.controller)
         self._songs: list[str] = []  # songs of the batch in flight (named by the NaN guard)
@@ -151,6 +163,18 @@ class VocalMST(pl.LightningModule):
         rank_zero_info(f"VocalMST {self.approach}: {self.num_parameters:,} trainable parameters "
                        f"(encoder + controller), {self.console.num_params} console parameters, "
                        f"{self.sample_rate} Hz, input normalised to {self.target_lufs:g} LUFS")
+        if self.param_loss_weight > 0:
+            dm = getattr(self.trainer, "datamodule", None)
+            names = getattr(dm, "param_target_names", None)
+            where = getattr(getattr(dm, "hparams", None), "param_targets", None)
+            if names is None:
+                raise MstError(f"model.param_loss_weight is {self.param_loss_weight:g} but the data has no "
+                               "parameter targets", fix="set data.param_targets to a JSON of oracle settings "
+                               "(`mst-single ablate` writes one per fold), or model.param_loss_weight: 0")
+            if list(names) != self.param_names:
+                raise MstError("the parameter targets were fitted for another console (parameter names differ: "
+                               f"{len(names)} vs {len(self.param_names)})", where,
+                               "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
 
     def _step(self, batch: dict, stage: str) -> dict:
         self._songs = list(batch.get("song", []))
@@ -160,6 +184,9 @@ class VocalMST(pl.LightningModule):
         p = self._predict(x, reference)
         output = self.console(x, p)
         losses = self.loss_fn(output, target)
+        if self.param_loss_weight > 0 and "target_params" in batch:
+            losses["param"] = (p - batch["target_params"].to(p)).abs().mean()
+            losses["loss"] = losses["loss"] + self.param_loss_weight * losses["param"]
         # NaN/Inf anywhere above reaches the loss (every stage propagates it without raising), so
         # one read of it is the step's only host sync; the culprit is looked up only then
         if not torch.isfinite(losses["loss"]):

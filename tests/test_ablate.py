@@ -28,6 +28,7 @@ data: {data}
 variants:
   approach1:
     configs: [configs/approach1.yaml]
+    overrides: {{model.param_loss_weight: 1.0}}
   approach2:
     configs: [configs/approach2.yaml]
     train_fraction: 0.5
@@ -87,7 +88,8 @@ def tiny(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("name", ["e01-approach1-vs-approach2", "e02-reference-policy", "e03-loss", "e04-data-size"])
+@pytest.mark.parametrize("name", ["e01-approach1-vs-approach2", "e02-reference-policy", "e03-loss", "e04-data-size",
+                                  "e05-collapse-fix"])
 def test_committed_experiments_load_and_state_their_command(name):
     folder = EXPERIMENTS / name
     first = (folder / "config.yaml").read_text().splitlines()[0]
@@ -105,9 +107,9 @@ def test_committed_experiments_load_and_state_their_command(name):
 def test_budgets_cpu_is_44k_with_folds_and_budgets_reach_model_keys():
     exp = C.load_experiment(EXPERIMENTS / "e01-approach1-vs-approach2")
     cpu = C.variant_config(exp, "approach2", "cpu", "d")
-    assert cpu["data"]["sample_rate"] == 44100 and cpu["data"]["segment_seconds"] == 2.0
-    assert cpu["data"]["batch_size"] == 8 and cpu["trainer"]["max_steps"] == 300 and cpu["model"]["lr"] == 0.003
-    assert C.folds_of(exp, "cpu") == 3 and C.seeds_of(exp, "cpu") == [0]
+    assert cpu["data"]["sample_rate"] == 44100 and cpu["data"]["segment_seconds"] == 1.5
+    assert cpu["data"]["batch_size"] == 8 and cpu["trainer"]["max_steps"] == 200 and cpu["model"]["lr"] == 0.003
+    assert C.folds_of(exp, "cpu") == 2 and C.seeds_of(exp, "cpu") == [0, 1, 2]
     assert C.folds_of(exp, "smoke") == 0 and C.seeds_of(exp, "smoke") == [0, 1, 2]
     assert C.folds_of(exp, "cpu", 5) == 5 and C.seeds_of(exp, "cpu", 2) == [0, 1]
     exp["budgets"]["cpu"]["overrides"]["model.encoder.embed_dim"] = 7
@@ -448,6 +450,21 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
     out = folder / "results" / "test"
     assert "[1/4] approach1 fold 0 seed 0 (demo): training + evaluation" in printed
     assert "baselines fold 1 (demo): oracle fitted on" in printed
+
+    # approach1 trained with the oracle settings of its fold's training/validation songs as targets,
+    # never a test song's; the fits are the oracle baseline's own (one cache, each song fitted once)
+    assert "parameter targets fold 1 (demo): the oracle setting of" in printed
+    for fold in (0, 1):
+        targets = json.loads((out / "runs" / "_data" / "demo" / f"param-targets-fold{fold}.json").read_text())
+        split = json.loads((out / "runs" / "_data" / "demo" / "splits" / f"fold{fold}.json").read_text())
+        assert set(targets["params"]) == set(split["train"]) | set(split["val"])
+        assert not set(targets["params"]) & set(split["test"]) and len(targets["names"]) == 30
+        cfg = yaml.safe_load((out / "runs" / f"approach1-demo-f{fold}-s0" / "variant.yaml").read_text())
+        assert cfg["model"]["param_loss_weight"] == 1.0 and cfg["data"]["param_targets"].endswith(f"fold{fold}.json")
+    cached = {json.loads(f.read_text())["song"] for f in (folder.parent / ".cache" / "oracle").glob("oracle-*.json")}
+    assert cached == set(F.song_names(data))
+    metrics = list(csv.DictReader(open(out / "runs" / "approach1-demo-f0-s0" / "metrics.csv")))
+    assert any(r.get("train/param") not in (None, "") for r in metrics)
 
     # results.csv: the contract's columns; every song tested exactly once per (variant, policy, seed)
     rows = list(csv.DictReader(open(out / "results.csv")))

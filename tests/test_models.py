@@ -94,12 +94,14 @@ def test_gradients_reach_every_parameter(approach):
 
 
 def test_initial_params_follow_init_vector():
+    # with a small output layer the first predictions sit at init_params (the bias) whatever the audio
     init = torch.linspace(0.05, 0.95, P)
     model = DirectController(P, 16000, encoder=dict(channels=(8,), embed_dim=16), hidden=16,
-                             init_params=init.tolist()).eval()
+                             init_params=init.tolist(), head_init_scale=0.01).eval()
     p = model(_batch(16000, 0.5)[0])
     assert torch.allclose(p, init.expand(2, P), atol=0.02)
-    plain = ReferenceController(P, 16000, encoder=dict(channels=(8,), embed_dim=16), hidden=16).eval()
+    plain = ReferenceController(P, 16000, encoder=dict(channels=(8,), embed_dim=16), hidden=16,
+                                head_init_scale=0.01).eval()
     raw, ref = _batch(16000, 0.5)
     assert torch.allclose(plain(raw, ref), torch.full((2, P), 0.5), atol=0.02)
     with pytest.raises(ValueError, match="init_params"):
@@ -136,3 +138,35 @@ def test_reference_controller_single_pass_equals_separate_encoding():
     z_raw, z_ref = model.encoder(raw), model.encoder(ref)
     expected = torch.sigmoid(model.head(torch.cat([z_raw, z_ref, z_ref - z_raw], dim=1)))
     assert torch.allclose(model(raw, ref), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("approach", ["approach1", "approach2"])
+def test_head_init_scale_and_feature_norm_set_how_much_first_predictions_depend_on_the_audio(approach):
+    # 0.01 without feature_norm (the recipe before e05) starts every song at the same setting and
+    # scales the gradient reaching the encoder by 0.01; the defaults start with predictions that
+    # differ per input
+    raw, ref = _batch(16000, 0.5, batch=4)
+    raw = raw * torch.tensor([0.01, 0.1, 0.3, 1.0]).view(4, 1, 1)  # different levels and content
+    raw[1] = torch.sin(2 * torch.pi * 200 * torch.arange(raw.shape[-1]) / 16000) * 0.2
+    spread, grad = {}, {}
+    for scale in (0.01, 1.0):
+        torch.manual_seed(0)
+        m = build_controller(approach, P, 16000, encoder=dict(channels=(8, 16), embed_dim=32, feature_norm=scale == 1.0),
+                             hidden=64, dropout=0.0, head_init_scale=scale)
+        p = m(raw, ref[..., :raw.shape[-1]] + raw.expand(-1, 2, -1) if m.needs_reference else None)
+        spread[scale] = p.std(0).mean().item()
+        p.sum().backward()
+        grad[scale] = m.encoder.proj[0].weight.grad.norm().item()
+    assert spread[0.01] < 1e-4 and spread[1.0] > 50 * spread[0.01]  # measured: ~200x
+    assert grad[1.0] > 10 * grad[0.01]  # measured: ~18x
+
+
+def test_feature_norm_trains_on_a_batch_of_one_and_infers_with_running_statistics():
+    m = build_controller("approach2", P, 16000, encoder=dict(channels=(8,), embed_dim=16), hidden=16, dropout=0.0)
+    raw = _batch(16000, 0.3, batch=3)[0]
+    m.train()
+    m(raw).sum().backward()  # batch statistics; running ones move toward them
+    assert not torch.equal(m.encoder.norm.running_mean, torch.zeros_like(m.encoder.norm.running_mean))
+    p1 = m(raw[:1])  # a last batch of one: no batch statistics, no error
+    m.eval()
+    assert torch.allclose(p1, m(raw[:1]), atol=1e-5) and torch.isfinite(p1).all()

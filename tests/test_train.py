@@ -284,3 +284,64 @@ def test_each_fit_closes_its_wandb_run_and_workers_get_their_own_service(make_da
     monkeypatch.setenv("WANDB_SERVICE", "2-123-unix-/tmp/socket")
     env = worker_env(Unit())
     assert "WANDB_SERVICE" not in env and env["WANDB_RUN_ID"] == "abc"
+
+
+def test_param_targets_add_an_l1_term_toward_each_songs_oracle_setting(demo_root, tmp_path):
+    from mst_single.data import VocalDataModule
+    from mst_single.system import VocalMST
+
+    enc = {"n_mels": 16, "channels": [4], "embed_dim": 8}
+    torch.manual_seed(0)
+    plain = VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, dropout=0.0)
+    aux = VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, dropout=0.0, param_loss_weight=2.0)
+    aux.load_state_dict(plain.state_dict())
+    P = plain.console.num_params
+    # targets written as `ablate` writes them; the data module hands each item its song's target
+    songs = sorted(p.stem for p in (demo_root / "raw").iterdir())
+    target = {s: [0.1 + 0.1 * i] * P for i, s in enumerate(songs)}
+    f = tmp_path / "targets.json"
+    f.write_text(json.dumps({"names": plain.param_names, "params": target}))
+    dm = VocalDataModule(str(demo_root), sample_rate=SR, segment_seconds=1.0, batch_size=3, val_fraction=0.2,
+                         test_fraction=0.2, train_segments_per_epoch=3, param_targets=str(f))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    want = torch.tensor([target[s] for s in batch["song"]])
+    assert torch.allclose(batch["target_params"], want)
+    assert "target_params" not in dm.datasets["test"][0]  # test songs never carry a target
+
+    torch.manual_seed(1)
+    a = plain._step(batch, "val")
+    torch.manual_seed(1)
+    b = aux._step(batch, "val")
+    assert "param" not in a
+    assert torch.allclose(b["param"], (b["params"] - want).abs().mean())
+    assert torch.allclose(b["loss"], a["loss"] + 2.0 * b["param"])
+    b["loss"].backward()  # the term reaches the encoder
+    assert aux.controller.encoder.proj[0].weight.grad.abs().sum() > 0
+
+
+def test_param_targets_errors_name_the_file(demo_root, tmp_path):
+    from mst_single.data import VocalDataModule, read_param_targets
+    from mst_single.errors import DataError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="bad.json"):
+        read_param_targets(bad)
+    bad.write_text(json.dumps({"names": ["a", "b"], "params": {"s": [0.5, 1.5]}}))
+    with pytest.raises(DataError, match="song 's' is not 2 finite values in"):
+        read_param_targets(bad)
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps({"names": ["a"], "params": {"nobody": [0.5]}}))
+    dm = VocalDataModule(str(demo_root), sample_rate=SR, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2,
+                         param_targets=str(few))
+    with pytest.raises(DataError, match="few.json") as e:
+        dm.setup()
+    assert "have no parameter target" in str(e.value)
+    # a run asking for the auxiliary loss with no targets, or targets of another console, stops with the fix
+    args = ["fit", "-c", str(CONFIGS / "approach2.yaml"), *tiny_args(demo_root, tmp_path / "runs", epochs=1),
+            "--wandb", "false", "--model.param_loss_weight", "1.0"]
+    assert cli_main(args) == 2
+    songs = sorted(p.stem for p in (demo_root / "raw").iterdir())
+    few.write_text(json.dumps({"names": ["a"], "params": {s: [0.5] for s in songs}}))
+    assert cli_main(args + ["--data.param_targets", str(few)]) == 2

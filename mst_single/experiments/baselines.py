@@ -160,15 +160,16 @@ def _oracle_key(song, console, target_lufs, budget, seed, loss_fn) -> str:
 
 
 def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None, cache_dir: str | os.PathLike | None = None,
-              seed: int = 0, restarts: int | None = None, loss_fn=None,
-              progress: bool = True) -> dict[str, tuple[torch.Tensor, FitInfo]]:
+              seed: int = 0, restarts: int | None = None, loss_fn=None, progress: bool = True,
+              refit: bool = False) -> dict[str, tuple[torch.Tensor, FitInfo]]:
     """The ``oracle``: per song (``SongInfo`` list) a setting fitted on crops of its own pair.
 
     Restart 0 starts from the neutral setting, restart r > 0 from a random one (seeded by ``seed``
     and r); each restart draws its own crops (``batch_size`` crops of ``segment_seconds`` per step,
     the whole song if shorter). The restart whose setting has the lowest loss on the whole song
     wins (its ``FitInfo.score``). Cached per song in ``cache_dir/oracle-<hash>.json`` by the song's
-    files (path, size, mtime), alignment, sample rate, console stages, loss, budget and seed.
+    files (path, size, mtime), alignment, sample rate, console stages, loss, budget and seed;
+    ``refit`` ignores (and replaces) the cached fits.
     """
     from mst_single.data import load_aligned, song_loudness
     from mst_single.fileio import write_json
@@ -184,7 +185,7 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
     for k, song in enumerate(songs):
         cache = Path(cache_dir) / f"oracle-{_oracle_key(song, console, target_lufs, b, seed, loss_fn)}.json" \
             if cache_dir else None
-        if cache is not None and cache.exists():
+        if cache is not None and cache.exists() and not refit:
             saved = json.loads(cache.read_text())
             out[song.name] = (torch.tensor([saved["p"]], dtype=torch.float32), FitInfo(**saved["info"]))
             continue

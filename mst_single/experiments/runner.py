@@ -101,6 +101,7 @@ class Plan:
     units: list
     report: dict
     unit_mode: bool = False
+    refitted: set = field(default_factory=set)  # (data, song) whose oracle --force already refitted
 
     @property
     def group(self) -> str:
@@ -187,6 +188,9 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
         cfg["data"]["root"] = str(subset)
         cfg["data"]["split_file"] = str(subset.with_suffix(".json"))
     approach, policy = C.approach_policy(cfg)
+    targets = uses_targets(cfg)
+    if targets:  # each training song's oracle setting, fitted by prepare_targets before training
+        cfg["data"]["param_targets"] = str(targets_file(plan.runs_dir, data, fold))
     run_dir = plan.runs_dir / f"{variant}-{data}-f{fold}-s{seed}"
     rid = R.run_id(exp["name"], plan.budget, data, variant, fold, seed)
     unit = Unit(variant, data, fold, seed, cfg, eval_data, split, run_dir, rid, approach, policy,
@@ -201,6 +205,8 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
                 run_id=rid, approach=approach, policy=policy, eval_policies=unit.eval_policies, config=cfg,
                 eval_data=eval_data, split=split, checkpoint=(exp.get("eval") or {}).get("checkpoint", "last"),
                 train_fraction=fraction)
+    if targets:  # the targets' content depends on the oracle's fitting settings
+        spec["param_targets"] = C.baseline_settings(exp, plan.budget).get("oracle")
     spec["hash"] = C.stable_hash(spec)
     spec["report"] = report_for(plan, data) if seed == plan.report["seed"] else None
     unit.spec = spec
@@ -210,6 +216,66 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
 def data_dir(runs_dir: Path, data: str) -> Path:
     """Per data set: split files, training subsets, the baselines' fits (``runs/_data/DATA/``)."""
     return runs_dir / "_data" / data
+
+
+def oracle_cache(plan: Plan) -> Path:
+    """The oracle's per-song fits (``experiments/.cache/oracle/``, gitignored; $MST_ORACLE_CACHE
+    overrides): shared by every experiment and budget, keyed by the song's files and every fitting
+    setting (``baselines.fit_songs``), so a song is fitted once for the baseline and the targets."""
+    env = os.environ.get("MST_ORACLE_CACHE")
+    return Path(env) if env else Path(plan.exp["folder"]).parent / ".cache" / "oracle"
+
+
+def uses_targets(cfg: dict) -> bool:
+    return float((cfg.get("model") or {}).get("param_loss_weight") or 0.0) > 0.0
+
+
+def targets_file(runs_dir: Path, data: str, fold: int) -> Path:
+    return data_dir(runs_dir, data) / f"param-targets-fold{fold}.json"
+
+
+def fit_oracle(plan: Plan, data: str, model: dict, songs: list, force: bool = False) -> tuple[dict, object]:
+    """The oracle baseline's fits of ``songs`` (SongInfo) on one data set: ({song: (p (1, P), FitInfo)},
+    console). ``force`` refits each song once per ``ablate`` run, then reuses that fit."""
+    from mst_single.console import VocalConsole
+    from mst_single.experiments import baselines as B
+
+    settings = C.baseline_settings(plan.exp, plan.budget)
+    oc = settings.get("oracle") or {}
+    console = VocalConsole(int(songs[0].sample_rate), model.get("stages")) if songs else None
+    fresh = [s for s in songs if force and (data, s.name) not in plan.refitted]
+    fits = {}
+    fresh_names = {s.name for s in fresh}
+    for todo, refit in ((fresh, True), ([s for s in songs if s.name not in fresh_names], False)):
+        if todo:
+            fits.update(B.fit_songs(console, todo, target_lufs=float(model.get("target_lufs", -23.0)), budget=oc,
+                                    cache_dir=oracle_cache(plan), seed=int(settings.get("seed", 0)),
+                                    restarts=oc.get("restarts"), refit=refit))
+    plan.refitted |= {(data, s.name) for s in fresh}
+    return fits, console
+
+
+def prepare_targets(plan: Plan, force: bool = False) -> None:
+    """Per data set × fold whose runs use ``model.param_loss_weight``: fit the oracle on the fold's
+    training and validation songs (cached, shared with the oracle baseline) and write
+    ``runs/_data/DATA/param-targets-foldK.json`` (``mst_single.data.read_param_targets``). The
+    fold's test songs are never in it."""
+    from mst_single.experiments import evaluate as E
+
+    need = {}
+    for u in plan.units:
+        if uses_targets(u.config):
+            need.setdefault((u.data, u.fold), u)
+    for (d, f), u in sorted(need.items(), key=lambda kv: kv[0]):
+        path = targets_file(plan.runs_dir, d, f)
+        testset = E.TestSet(**u.eval_data)
+        songs = list(testset.splits["train"]) + list(testset.splits["val"])
+        print(f"parameter targets fold {f} ({d}): the oracle setting of {len(songs)} training/validation songs "
+              f"(cached in {oracle_cache(plan)})", flush=True)
+        model = u.config.get("model") or {}
+        fits, console = fit_oracle(plan, d, model, songs, force)
+        write_json(path, {"names": list(console.param_names) if console else [],
+                          "params": {n: p.reshape(-1).tolist() for n, (p, _) in sorted(fits.items())}})
 
 
 def report_for(plan: Plan, data: str) -> dict:
@@ -294,8 +360,9 @@ def worker(spec_path: Path) -> int:
     run_dir = Path(spec_path).parent
     t0 = time.time()
     write_text(run_dir / "variant.yaml", yaml.safe_dump(spec["config"], sort_keys=False))
-    rc = cli_main(["fit", "-c", str(run_dir / "variant.yaml")])
+    rc = cli_main(["fit", "-c", str(run_dir / "variant.yaml")], keep_wandb=True)
     if rc != 0:
+        _wandb_finish(spec, [])
         return rc
     train_s = time.time() - t0
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -406,7 +473,7 @@ def _safe(name: str) -> str:
 # ----------------------------------------------------------------------------------------------- baselines
 def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict:
     """Fit and evaluate the experiment's baselines on one data set × fold (cached in
-    ``runs/_data/DATA/baselines-foldK.json``; the oracle's per-song fits in ``runs/_data/DATA/oracle/``)."""
+    ``runs/_data/DATA/baselines-foldK.json``; the oracle's per-song fits in ``oracle_cache``)."""
     import torch
 
     from mst_single.console import VocalConsole
@@ -457,9 +524,7 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
                   f"({info.stopped_by}), loss {info.losses[0]:.4f} -> {info.losses[-1]:.4f}", flush=True)
             results = E.evaluate_setting(console, target_lufs, testset, p, desc="scoring mean-preset")
         else:  # oracle
-            oc = settings.get("oracle") or {}
-            fits = B.fit_songs(console, testset.songs, target_lufs=target_lufs, budget=oc,
-                               cache_dir=data_dir(plan.runs_dir, data) / "oracle", seed=seed, restarts=oc.get("restarts"))
+            fits = fit_oracle(plan, data, model, list(testset.songs), force)[0]
             for song, (_, info) in fits.items():
                 fit_info[song] = {"steps": info.steps, "stopped_by": info.stopped_by,
                                   "score": getattr(info, "score", None), "restarts": getattr(info, "restarts", None)}
@@ -521,6 +586,7 @@ def execute(plan: Plan, force: bool = False, jobs: int = 1) -> dict:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     prepare_data(plan)
+    prepare_targets(plan, force)
     units, n = plan.units, len(plan.units)
 
     def one(i):
@@ -533,8 +599,6 @@ def execute(plan: Plan, force: bool = False, jobs: int = 1) -> dict:
     def baselines():
         out = {}
         for d in plan.splits:
-            if force:  # refit the oracle too
-                shutil.rmtree(data_dir(plan.runs_dir, d) / "oracle", ignore_errors=True)
             for f in sorted(plan.splits[d]):
                 if any(u.data == d and u.fold == f for u in units):
                     out[(d, f)] = run_baselines(plan, d, f, force)
