@@ -65,6 +65,11 @@ class VocalMST(pl.LightningModule):
             fits and caches them); 0 = the audio loss alone. The audio loss alone has a strong
             minimum at one preset for every song (issue 10, e05); the oracle targets say which way
             each song differs from it.
+        synthetic_reference_prob: approach1 only: the share of training items whose target and
+            reference are made by the console itself from a random setting p (target = the item's
+            raw through p, reference = another item's raw through p, parameter target = p). A few
+            hundred songs are only a few hundred styles to learn to read; synthetic pairs give a new
+            style every item, with its exact setting. 0 = real pairs only.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class VocalMST(pl.LightningModule):
         num_log_examples: int = 3,
         head_init_scale: float = 1.0,
         param_loss_weight: float = 0.0,
+        synthetic_reference_prob: float = 0.0,
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -99,6 +105,7 @@ class VocalMST(pl.LightningModule):
                                            encoder=dict(encoder or {}), hidden=hidden, dropout=dropout,
                                            head_init_scale=head_init_scale)
         self.param_loss_weight = float(param_loss_weight)
+        self.synthetic_reference_prob = float(synthetic_reference_prob) if approach == "approach1" else 0.0
         self.loss_fn = MRSTFTL1Loss(**(loss or {}))
         self.num_parameters = count_parameters(self.controller)
         self._songs: list[str] = []  # songs of the batch in flight (named by the NaN guard)
@@ -181,11 +188,15 @@ class VocalMST(pl.LightningModule):
         raw, target = batch["raw"], batch["mixed"]
         reference = batch.get("reference") if self.needs_reference else None
         x = self.normalize_input(raw, batch.get("raw_lufs"))
+        tp = batch.get("target_params")
+        has_tp = None if tp is None else torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        if stage == "train" and self.synthetic_reference_prob > 0 and x.shape[0] > 1:
+            target, reference, tp, has_tp = self._synthetic(x, target, reference, tp, has_tp)
         p = self._predict(x, reference)
         output = self.console(x, p)
         losses = self.loss_fn(output, target)
-        if self.param_loss_weight > 0 and "target_params" in batch:
-            losses["param"] = (p - batch["target_params"].to(p)).abs().mean()
+        if self.param_loss_weight > 0 and has_tp is not None and bool(has_tp.any()):
+            losses["param"] = (p - tp.to(p)).abs()[has_tp].mean()
             losses["loss"] = losses["loss"] + self.param_loss_weight * losses["param"]
         # NaN/Inf anywhere above reaches the loss (every stage propagates it without raising), so
         # one read of it is the step's only host sync; the culprit is looked up only then
@@ -207,6 +218,24 @@ class VocalMST(pl.LightningModule):
         self.log_dict({f"{stage}/params/{k}": v.mean() for k, v in units.items()}, on_step=False, on_epoch=True,
                       batch_size=bs, sync_dist=True)
         return dict(losses, x=x, output=output, params=pd)
+
+    @torch.no_grad()
+    def _synthetic(self, x, target, reference, tp, has_tp):
+        """Replace a random share of the batch by console-made (target, reference, setting) triples."""
+        b = x.shape[0]
+        pick = torch.rand(b, device=x.device) < self.synthetic_reference_prob
+        if not bool(pick.any()):
+            return target, reference, tp, has_tp
+        # a random setting, away from the box edges, where real settings rarely go
+        p = 0.1 + 0.8 * torch.rand(b, self.console.num_params, device=x.device)
+        syn_target = self.console(x, p)
+        syn_reference = self.console(x.roll(1, 0), p)  # the same style on another item's vocal
+        m = pick.view(b, 1, 1)
+        target = torch.where(m, syn_target.to(target), target)
+        reference = torch.where(m, syn_reference.to(reference), reference)
+        tp = torch.where(pick.view(b, 1), p, tp.to(p) if tp is not None else p)
+        has_tp = pick | (has_tp if has_tp is not None else torch.zeros_like(pick))
+        return target, reference, tp, has_tp
 
     def _non_finite(self, what: str) -> None:
         songs = ", ".join(sorted(set(self._songs))) or "(unknown)"

@@ -345,3 +345,35 @@ def test_param_targets_errors_name_the_file(demo_root, tmp_path):
     songs = sorted(p.stem for p in (demo_root / "raw").iterdir())
     few.write_text(json.dumps({"names": ["a"], "params": {s: [0.5] for s in songs}}))
     assert cli_main(args + ["--data.param_targets", str(few)]) == 2
+
+
+def test_synthetic_references_replace_target_reference_and_setting_for_approach1_training_only():
+    from mst_single.system import VocalMST
+
+    enc = {"n_mels": 16, "channels": [4], "embed_dim": 8}
+    torch.manual_seed(0)
+    m = VocalMST("approach1", sample_rate=SR, encoder=enc, hidden=8, dropout=0.0, param_loss_weight=1.0,
+                 synthetic_reference_prob=1.0)
+    raw = torch.randn(3, 1, SR) * 0.05
+
+    def step(mixed_scale, stage="train"):
+        batch = {"raw": raw, "mixed": torch.randn(3, 2, SR) * mixed_scale, "reference": torch.randn(3, 2, SR) * mixed_scale,
+                 "song": ["a", "b", "c"], "start": torch.zeros(3)}
+        torch.manual_seed(5)
+        return m._step(batch, stage)
+
+    a, b = step(0.01), step(0.5)  # every item synthetic: the batch's own mixes and references are unused
+    assert torch.allclose(a["loss"], b["loss"]) and "param" in a and float(a["param"]) > 0
+    # the target is the console's output for the drawn setting: predicting that setting scores ~0
+    torch.manual_seed(5)
+    x = m.normalize_input(raw)
+    pick = torch.rand(3) < 1.0
+    p = 0.1 + 0.8 * torch.rand(3, m.console.num_params)
+    assert bool(pick.all())
+    torch.manual_seed(5)
+    mixed, ref, tp, has = m._synthetic(x, torch.zeros(3, 2, SR), torch.zeros(3, 2, SR), None, None)
+    assert torch.allclose(tp, p) and bool(has.all())
+    assert torch.allclose(mixed, m.console(x, p), atol=1e-6) and torch.allclose(ref, m.console(x.roll(1, 0), p), atol=1e-6)
+    # validation uses the real pairs; approach2 has no reference to read and ignores the option
+    assert not torch.allclose(step(0.01, "val")["loss"], step(0.5, "val")["loss"])
+    assert VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, synthetic_reference_prob=1.0).synthetic_reference_prob == 0
