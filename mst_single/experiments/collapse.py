@@ -5,7 +5,9 @@ Input: every test song's setting in the console's normalised [0, 1] space (predi
 ``mean-preset`` and ``oracle`` baselines. The oracle (a setting fitted on each test song's own pair)
 is the reference answer; where truth.json gives true parameters they are a second reference.
 
-Per variant and seed, over all its test songs (folds pooled):
+Per variant and seed, within each fold (one trained model per fold: pooled over folds, two
+different constant predictors would look like a spread), then averaged over folds weighted by
+their test songs:
 
 - **parameters that matter**: those whose reference values vary across the test songs by a standard
   deviation above ``MATTER_STD`` = 0.05 of their range. A parameter the style sets alike for every
@@ -136,6 +138,24 @@ def settings(rows: list[dict]) -> dict[tuple[str, str], dict[tuple[str, str], di
     return out
 
 
+def song_folds(rows: list[dict]) -> dict[tuple[str, str, str], str]:
+    """{(data, variant, song): fold} of the trained runs' predictions (a song is tested in one fold)."""
+    return {(str(r.get("data", NONE)), r["variant"], r["song"]): str(r.get("fold", "0")) for r in rows}
+
+
+def _per_fold(songs: list[str], fold: dict[str, str]) -> list[list[str]]:
+    groups: dict = defaultdict(list)
+    for s in songs:
+        groups[fold.get(s, "0")].append(s)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _fold_mean(values: list[tuple[float, int]]) -> float:
+    """Mean of per-fold values weighted by the fold's songs, NaN folds left out."""
+    ok = [(v, n) for v, n in values if math.isfinite(v)]
+    return float(sum(v * n for v, n in ok) / sum(n for _, n in ok)) if ok else math.nan
+
+
 def _merged(per_seed: dict) -> dict[str, dict[str, float]]:
     """{song: {param: mean over seeds}} (a baseline has one seed; this also covers several)."""
     acc: dict = defaultdict(lambda: defaultdict(list))
@@ -170,6 +190,7 @@ def collapse_rows(prediction_rows: list[dict], truth: dict | None = None) -> lis
     Data sets without oracle predictions give no rows.
     """
     out = []
+    folds = song_folds(prediction_rows)
     for (budget, data), conds in settings(prediction_rows).items():
         oracle = _merged(conds.get(("oracle", NONE), {}))
         if not oracle:
@@ -183,20 +204,24 @@ def collapse_rows(prediction_rows: list[dict], truth: dict | None = None) -> lis
             own = next((p for p in OWN_REFERENCE if (variant, p) in conds), None)
             if own is None:
                 continue
+            fold = {s: f for (d, v, s), f in folds.items() if d == data and v == variant}
             for seed, pred in conds[(variant, own)].items():
                 row = dict(budget=budget, data=data, variant=variant, eval_policy=own, seed=seed)
                 songs = _common(params, pred, oracle)
-                P, R = _matrix(pred, songs, params), _matrix(oracle, songs, params)
-                mask = matters(R)
-                row.update(songs=len(songs), params=int(mask.sum()), adaptivity=adaptivity(P, R, mask),
-                           spread_ratio=spread_ratio(P, R, mask))
+                mask = matters(_matrix(oracle, songs, params))
+                parts = [(_matrix(pred, g, params), _matrix(oracle, g, params), len(g)) for g in _per_fold(songs, fold)]
+                row.update(songs=len(songs), params=int(mask.sum()),
+                           adaptivity=_fold_mean([(adaptivity(P, R, mask), n) for P, R, n in parts]),
+                           spread_ratio=_fold_mean([(spread_ratio(P, R, mask), n) for P, R, n in parts]))
                 why = is_collapsed(row["adaptivity"], row["spread_ratio"])
                 row.update(collapsed="yes" if why else "no", why=why)
                 tsongs = _common(true_params, pred, true) if true_params else []
                 if tsongs:
-                    T, PT = _matrix(true, tsongs, true_params), _matrix(pred, tsongs, true_params)
-                    tmask = matters(T)
-                    row.update(adaptivity_truth=adaptivity(PT, T, tmask), spread_ratio_truth=spread_ratio(PT, T, tmask))
+                    tmask = matters(_matrix(true, tsongs, true_params))
+                    parts = [(_matrix(pred, g, true_params), _matrix(true, g, true_params), len(g))
+                             for g in _per_fold(tsongs, fold)]
+                    row.update(adaptivity_truth=_fold_mean([(adaptivity(P, T, tmask), n) for P, T, n in parts]),
+                               spread_ratio_truth=_fold_mean([(spread_ratio(P, T, tmask), n) for P, T, n in parts]))
                 if own == "song" and any((variant, p) in conds for p in ("other", "shuffled")):
                     row.update(_sensitivity(conds, variant, seed, oracle, params))
                 out.append(row)
