@@ -226,14 +226,8 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
                           f"'{self.fallback[0]}' instead", stacklevel=2)
         if not self.songs:
             warnings.warn(f"the {split} split has no usable songs", stacklevel=2)
-        self.targets = None
-        if param_targets is not None:
-            missing = [s.name for s in self.songs if s.name not in param_targets]
-            if missing:
-                raise DataError(f"{len(missing)} {split} songs have no parameter target: {', '.join(missing[:5])}",
-                                fix="refit the targets for this split (rerun `mst-single ablate`) or unset "
-                                    "data.param_targets")
-            self.targets = [torch.from_numpy(param_targets[s.name]) for s in self.songs]
+        # every song must have a target (VocalDataModule checks that, naming the targets file)
+        self.targets = None if param_targets is None else [torch.from_numpy(param_targets[s.name]) for s in self.songs]
 
     def _positions(self, s: SongInfo) -> tuple[np.ndarray, list[int]]:
         """(hop indices of non-silent training starts, non-silent eval grid starts in samples)."""

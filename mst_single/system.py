@@ -195,8 +195,10 @@ class VocalMST(pl.LightningModule):
         p = self._predict(x, reference)
         output = self.console(x, p)
         losses = self.loss_fn(output, target)
-        if self.param_loss_weight > 0 and has_tp is not None and bool(has_tp.any()):
-            losses["param"] = (p - tp.to(p)).abs()[has_tp].mean()
+        if self.param_loss_weight > 0 and has_tp is not None:
+            # a masked mean, not boolean indexing: no host sync beyond the loss check below
+            w = has_tp.to(p.dtype)
+            losses["param"] = ((p - tp.to(p)).abs().mean(1) * w).sum() / w.sum().clamp(min=1.0)
             losses["loss"] = losses["loss"] + self.param_loss_weight * losses["param"]
         # NaN/Inf anywhere above reaches the loss (every stage propagates it without raising), so
         # one read of it is the step's only host sync; the culprit is looked up only then
@@ -224,8 +226,6 @@ class VocalMST(pl.LightningModule):
         """Replace a random share of the batch by console-made (target, reference, setting) triples."""
         b = x.shape[0]
         pick = torch.rand(b, device=x.device) < self.synthetic_reference_prob
-        if not bool(pick.any()):
-            return target, reference, tp, has_tp
         # a random setting, away from the box edges, where real settings rarely go
         p = 0.1 + 0.8 * torch.rand(b, self.console.num_params, device=x.device)
         syn_target = self.console(x, p)

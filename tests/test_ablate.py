@@ -391,6 +391,9 @@ def test_the_oracle_fits_with_restarts_picks_the_best_on_the_whole_song_and_is_c
                         progress=False)
     for name in fits:
         assert torch.equal(again[name][0], fits[name][0]) and again[name][1].steps == fits[name][1].steps
+    with pytest.raises(AssertionError, match="refitted"):  # refit (ablate --force) ignores the cache
+        B.fit_songs(console, songs[:1], target_lufs=-23.0, budget=budget, cache_dir=tmp_path, seed=0, restarts=2,
+                    progress=False, refit=True)
     with pytest.raises(AssertionError, match="refitted"):  # another budget is another fit
         B.fit_songs(console, songs, target_lufs=-23.0, budget=dict(budget, lr=0.2), cache_dir=tmp_path, seed=0,
                     restarts=2, progress=False)
