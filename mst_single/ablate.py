@@ -14,7 +14,9 @@ line. See experiments/README.md for the config format and the outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -46,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-sweep", action="store_true",
                         help="write EXPERIMENT/sweep.yaml (W&B grid over variant × seed [× fold × data]) and stop")
     parser.add_argument("--check", action="store_true",
-                        help="rerun the committed results of this budget into a temporary folder (or --out) and "
-                             "compare; exit 1 when they differ beyond the tolerances")
+                        help="rerun the committed results of this budget (with their seeds, folds, data folders and "
+                             "torch threads) into a temporary folder (or --out) and compare; exit 1 when they "
+                             "differ beyond the tolerances")
 
 
 def run(args) -> int:
@@ -87,7 +90,8 @@ def run(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- check
 def check(args) -> int:
-    """Rerun a committed results folder (the seeds and folds it was made with) elsewhere and compare."""
+    """Rerun a committed results folder elsewhere, as it was made (its seeds, folds, data folders and
+    torch threads per run, from its provenance.json, unless given on the command line), and compare."""
     from mst_single.experiments import records as R
     from mst_single.experiments import runner
 
@@ -103,9 +107,14 @@ def check(args) -> int:
         rerun.seeds = len(prov["seeds"])
     if rerun.folds is None and "folds" in prov:
         rerun.folds = int(prov["folds"] or 0)
+    if rerun.data is None and prov.get("data"):  # e.g. made with --data data/demo-adaptive
+        rerun.data = [f"{name}={folder}" for name, folder in prov["data"].items()]
     rerun.out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"{Path(args.experiment).name}-{args.budget}-"))
-    print(f"check: rerunning {committed} into {rerun.out}", flush=True)
-    code = run(rerun)
+    threads = (prov.get("hardware") or {}).get("torch_threads")
+    print(f"check: rerunning {committed} into {rerun.out} (data {', '.join(rerun.data or ['from the config'])}"
+          + (f"; {threads} torch thread(s) per run, as the committed table" if threads else "") + ")", flush=True)
+    with _torch_threads(threads):
+        code = run(rerun)
     if code != 0:
         return code
     from mst_single.compare import check_same
@@ -114,6 +123,29 @@ def check(args) -> int:
     report = check_same(R.read_csv(committed / "results.csv"), R.read_csv(rerun.out / "results.csv"))
     print(report.text)
     return 0 if report.ok else 1
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run with ``n`` torch threads here and in the workers (OMP_NUM_THREADS), then restore: the thread
+    count alone changes training trajectories (float sums in another order), so a check compares like
+    with like."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before_env, before = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = str(int(n))
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if before_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_env
 
 
 # ----------------------------------------------------------------------------------------------- sweep

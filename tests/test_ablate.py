@@ -554,6 +554,38 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
     assert "REPRODUCED" in printed and "NOT REPRODUCED" not in printed
 
 
+def test_check_reruns_with_the_committed_data_folders_and_thread_count(tmp_path, monkeypatch, capsys):
+    import os
+
+    committed = tmp_path / "exp-x" / "results" / "cpu"
+    committed.mkdir(parents=True)
+    (committed / "results.csv").write_text(",".join(R.RESULTS_COLUMNS) + "\n")
+    (committed / "provenance.json").write_text(json.dumps(
+        {"seeds": [0, 1, 2], "folds": 2, "data": {"demo-adaptive": "data/demo-adaptive"},
+         "hardware": {"torch_threads": 1}}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before = torch.get_num_threads()
+    seen = {}
+
+    def fake_run(args):  # the rerun itself: record how it would run, then fail so that nothing is compared
+        seen.update(data=args.data, seeds=args.seeds, folds=args.folds, force=args.force, check=args.check,
+                    env=os.environ["OMP_NUM_THREADS"], threads=torch.get_num_threads())
+        return 3
+
+    monkeypatch.setattr(ablate, "run", fake_run)
+    args = parse([tmp_path / "exp-x", "--budget", "cpu", "--check", "--out", tmp_path / "rerun"])
+    assert ablate.check(args) == 3
+    assert seen == dict(data=["demo-adaptive=data/demo-adaptive"], seeds=3, folds=2, force=True, check=False,
+                        env="1", threads=1)
+    assert "1 torch thread(s) per run" in capsys.readouterr().out
+    assert os.environ["OMP_NUM_THREADS"] == "2" and torch.get_num_threads() == before  # restored
+    # what the command line gives wins
+    args = parse([tmp_path / "exp-x", "--budget", "cpu", "--check", "--data", "d=/elsewhere", "--seeds", "1",
+                  "--out", tmp_path / "rerun2"])
+    ablate.check(args)
+    assert seen["data"] == ["d=/elsewhere"] and seen["seeds"] == 1
+
+
 def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
     folder, _ = tiny
     assert cli([folder, "--budget", "test", "--seeds", "2", "--export-sweep"]) == 0
