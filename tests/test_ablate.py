@@ -287,6 +287,46 @@ def test_the_plan_gives_each_unit_its_split_file_run_id_and_wandb_keys(tiny, tmp
         plan.units[0].spec["hash"]
 
 
+def test_truth_targets_are_the_true_settings_of_train_and_val_songs_only(tiny, tmp_path):
+    from mst_single.console import VocalConsole
+    from mst_single.data import read_param_targets
+
+    folder, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-truth", data)
+    text = (exp_dir / "config.yaml").read_text().replace(
+        "    overrides: {model.param_loss_weight: 1.0}\n", "    overrides: {model.param_loss_weight: 1.0}\n"
+        "    param_targets: truth\n")
+    (exp_dir / "config.yaml").write_text(text)
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    a1 = [u for u in plan.units if u.variant == "approach1"]
+    assert {u.targets for u in a1} == {"truth"} and {u.targets for u in plan.units if u.variant == "approach2"} == {None}
+    assert all(u.config["data"]["param_targets"].endswith(f"param-targets-truth-fold{u.fold}.json") for u in a1)
+    runner.prepare_data(plan)
+    runner.prepare_targets(plan)
+    truth = json.loads((data / "truth.json").read_text())["songs"]
+    console = VocalConsole(16000)
+    for u in a1:
+        names, params = read_param_targets(u.config["data"]["param_targets"])
+        assert names == console.param_names
+        assert set(params) == set(u.split["train"]) | set(u.split["val"]) and not set(params) & set(u.split["test"])
+        song = sorted(params)[0]
+        units = console.denormalize(torch.from_numpy(params[song])[None])
+        given = truth[song]["params"]
+        assert {"eq_band1_gain_db", "comp_threshold_db"} <= set(given)
+        default = console.denormalize(console.default_params(1))
+        for name in console.param_names:  # the true value, clamped to the console's range; unused stages neutral
+            spec = next(x for x in console.specs if x.name == name)
+            want = min(max(given[name], spec.low), spec.high) if name in given else float(default[name])
+            assert float(units[name]) == pytest.approx(want, rel=1e-3, abs=1e-2), name
+    # a variant's unknown source and a data folder without truth.json are explained
+    (exp_dir / "config.yaml").write_text(text.replace("param_targets: truth", "param_targets: best"))
+    with pytest.raises(MstError, match="param_targets 'best' is not one of oracle, truth"):
+        runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    with pytest.raises(MstError, match="truth needs the data's true settings") as e:
+        runner.truth_targets(tmp_path, {}, [])
+    assert "truth.json" in str(e.value)
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 def test_derangement_has_no_fixed_point_and_is_seeded():
     from mst_single.experiments.evaluate import derangement

@@ -12,6 +12,8 @@ Experiment config (its first line is the command that runs it)::
         overrides: {model.loss.l1_weight: 0}    # dotted keys set on top (optional)
         train_fraction: 0.25                    # optional: keep this share of the training songs
         data: [demo-adaptive]                   # optional: only these data sets
+        param_targets: truth                    # optional, with model.param_loss_weight > 0: the
+                                                # oracle's fits (default) or truth.json (demo data)
     eval: {reference_policies: [other]}        # optional: anything of the base to change
 
 The experiment config is deep-merged over its base (``base:``, default ``../base.yaml``; mappings
@@ -34,7 +36,8 @@ CONFIG_NAME = "config.yaml"
 COMMAND_PREFIX = "# mst-single ablate "
 from mst_single.experiments.records import BASELINES, NONE  # noqa: E402,F401 (re-exported)
 RESERVED = set(BASELINES) | {"raw", "target"}
-VARIANT_KEYS = {"configs", "overrides", "train_fraction", "description", "data"}
+VARIANT_KEYS = {"configs", "overrides", "train_fraction", "description", "data", "param_targets"}
+TARGET_SOURCES = ("oracle", "truth")  # where the parameter targets come from (runner.prepare_targets)
 DEMO_BUILD = "mst-single demo-data {folder}"
 
 # The data settings: the ``data:`` keys (of ``mst_single.data.VocalDataModule``, whose signature gives
@@ -147,6 +150,9 @@ def load_experiment(folder: Path) -> dict:
         if bad:
             raise MstError(f"variant {name!r} has unknown keys: {', '.join(sorted(bad))}", path,
                            f"use {', '.join(sorted(VARIANT_KEYS))}")
+        if v.get("param_targets", "oracle") not in TARGET_SOURCES:
+            raise MstError(f"variant {name!r}: param_targets {v['param_targets']!r} is not one of "
+                           f"{', '.join(TARGET_SOURCES)}", path, "use `oracle` (fitted, any data) or `truth` (demo data)")
         if "/" in name or name in RESERVED:
             raise MstError(f"variant name {name!r} is reserved or contains '/'", path, "rename the variant")
     unknown = set(exp.get("baselines") or []) - set(BASELINES)

@@ -76,6 +76,7 @@ class Unit:
     eval_policies: list
     train_fraction: float | None = None
     subset: Path | None = None  # training-subset folder to build (train_fraction < 1)
+    targets: str | None = None  # where its parameter targets come from (C.TARGET_SOURCES); None: no targets
     spec: dict = field(default_factory=dict)
 
     @property
@@ -188,13 +189,13 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
         cfg["data"]["root"] = str(subset)
         cfg["data"]["split_file"] = str(subset.with_suffix(".json"))
     approach, policy = C.approach_policy(cfg)
-    targets = uses_targets(cfg)
-    if targets:  # each training song's oracle setting, fitted by prepare_targets before training
-        cfg["data"]["param_targets"] = str(targets_file(plan.runs_dir, data, fold))
+    targets = exp["variants"][variant].get("param_targets", "oracle") if uses_targets(cfg) else None
+    if targets:  # each training song's oracle (or true) setting, written by prepare_targets before training
+        cfg["data"]["param_targets"] = str(targets_file(plan.runs_dir, data, fold, targets))
     run_dir = plan.runs_dir / f"{variant}-{data}-f{fold}-s{seed}"
     rid = R.run_id(exp["name"], plan.budget, data, variant, fold, seed)
     unit = Unit(variant, data, fold, seed, cfg, eval_data, split, run_dir, rid, approach, policy,
-                C.eval_policies(exp, approach), fraction, subset)
+                C.eval_policies(exp, approach), fraction, subset, targets)
     wb = exp.get("wandb") or {}
     cfg.update(seed_everything=seed, run_name=run_dir.name, runs_dir=str(run_dir.parent), wandb_group=plan.group,
                wandb_project=wb.get("project", cfg.get("wandb_project")),
@@ -206,7 +207,7 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
                 eval_data=eval_data, split=split, checkpoint=(exp.get("eval") or {}).get("checkpoint", "last"),
                 train_fraction=fraction)
     if targets:  # the targets' content depends on the oracle's fitting settings
-        spec["param_targets"] = C.baseline_settings(exp, plan.budget).get("oracle")
+        spec["param_targets"] = C.baseline_settings(exp, plan.budget).get("oracle") if targets == "oracle" else targets
     spec["hash"] = C.stable_hash(spec)
     spec["report"] = report_for(plan, data) if seed == plan.report["seed"] else None
     unit.spec = spec
@@ -230,8 +231,9 @@ def uses_targets(cfg: dict) -> bool:
     return float((cfg.get("model") or {}).get("param_loss_weight") or 0.0) > 0.0
 
 
-def targets_file(runs_dir: Path, data: str, fold: int) -> Path:
-    return data_dir(runs_dir, data) / f"param-targets-fold{fold}.json"
+def targets_file(runs_dir: Path, data: str, fold: int, source: str = "oracle") -> Path:
+    return data_dir(runs_dir, data) / (f"param-targets-fold{fold}.json" if source == "oracle"
+                                       else f"param-targets-{source}-fold{fold}.json")
 
 
 def fit_oracle(plan: Plan, data: str, model: dict, songs: list, force: bool = False) -> tuple[dict, object]:
@@ -256,26 +258,56 @@ def fit_oracle(plan: Plan, data: str, model: dict, songs: list, force: bool = Fa
 
 
 def prepare_targets(plan: Plan, force: bool = False) -> None:
-    """Per data set × fold whose runs use ``model.param_loss_weight``: fit the oracle on the fold's
-    training and validation songs (cached, shared with the oracle baseline) and write
-    ``runs/_data/DATA/param-targets-foldK.json`` (``mst_single.data.read_param_targets``). The
-    fold's test songs are never in it."""
+    """Per data set × fold × source whose runs use ``model.param_loss_weight``: write the setting of
+    each of the fold's training and validation songs to ``runs/_data/DATA/param-targets[-truth]-foldK.json``
+    (``mst_single.data.read_param_targets``); the fold's test songs are never in it. Source ``oracle``
+    (the default): the oracle baseline's fits (cached, shared with the baseline); ``truth``: the
+    data's truth.json (demo data only: the ceiling of what the parameter loss can give)."""
     from mst_single.experiments import evaluate as E
 
     need = {}
     for u in plan.units:
-        if uses_targets(u.config):
-            need.setdefault((u.data, u.fold), u)
-    for (d, f), u in sorted(need.items(), key=lambda kv: kv[0]):
-        path = targets_file(plan.runs_dir, d, f)
+        if u.targets:
+            need.setdefault((u.data, u.fold, u.targets), u)
+    for (d, f, source), u in sorted(need.items(), key=lambda kv: kv[0]):
+        path = targets_file(plan.runs_dir, d, f, source)
         testset = E.TestSet(**u.eval_data)
         songs = list(testset.splits["train"]) + list(testset.splits["val"])
+        model = u.config.get("model") or {}
+        if source == "truth":
+            print(f"parameter targets fold {f} ({d}): the true setting of {len(songs)} training/validation songs "
+                  f"(truth.json)", flush=True)
+            write_json(path, truth_targets(Path(plan.data[d]["folder"]), model, songs))
+            continue
         print(f"parameter targets fold {f} ({d}): the oracle setting of {len(songs)} training/validation songs "
               f"(cached in {oracle_cache(plan)})", flush=True)
-        model = u.config.get("model") or {}
         fits, console = fit_oracle(plan, d, model, songs, force)
         write_json(path, {"names": list(console.param_names) if console else [],
                           "params": {n: p.reshape(-1).tolist() for n, (p, _) in sorted(fits.items())}})
+
+
+def truth_targets(folder: Path, model: dict, songs: list) -> dict:
+    """The parameter-targets JSON of ``songs`` (SongInfo) from ``folder/truth.json`` (what
+    ``mst-single demo-data`` wrote), in [0, 1] of the console the runs train. A stage the song's true
+    chain did not use (e.g. no reverb in the house style) gets the console's neutral value."""
+    from mst_single.console import VocalConsole
+
+    path = folder / "truth.json"
+    try:
+        truth = json.loads(path.read_text())["songs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MstError(f"param_targets: truth needs the data's true settings ({type(e).__name__}: {e})", path,
+                       "use param_targets: oracle, or data made by `mst-single demo-data`") from None
+    console = VocalConsole(int(songs[0].sample_rate), model.get("stages")) if songs else None
+    out = {}
+    for s in songs:
+        units = (truth.get(s.name) or {}).get("params")
+        if not units:
+            raise MstError(f"song {s.name!r} has no true setting", path,
+                           "use param_targets: oracle, or regenerate the data with `mst-single demo-data`")
+        p = console.normalize({k: v for k, v in units.items() if k in console.param_names})
+        out[s.name] = p.reshape(-1).tolist()
+    return {"names": list(console.param_names) if console else [], "params": dict(sorted(out.items()))}
 
 
 def report_for(plan: Plan, data: str) -> dict:
