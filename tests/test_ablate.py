@@ -104,6 +104,16 @@ def test_committed_experiments_load_and_state_their_command(name):
     assert (folder / "README.md").exists()
 
 
+def test_committed_readmes_link_images_that_exist():
+    import re
+
+    readmes = sorted(EXPERIMENTS.glob("*/README.md")) + [EXPERIMENTS / "README.md", REPO_ROOT / "README.md"]
+    links = [(r, m) for r in readmes for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", r.read_text())]
+    assert len(links) >= 8  # e01-e05 show their plots
+    missing = [f"{r.relative_to(REPO_ROOT)}: {m}" for r, m in links if not (r.parent / m).is_file()]
+    assert not missing, missing
+
+
 def test_budgets_cpu_is_44k_with_folds_and_budgets_reach_model_keys():
     exp = C.load_experiment(EXPERIMENTS / "e01-approach1-vs-approach2")
     cpu = C.variant_config(exp, "approach2", "cpu", "d")

@@ -57,7 +57,10 @@ def test_results_md_leads_with_paired_statistics_then_collapse_then_mean_std(wri
     assert a1.rstrip(" |").endswith("no (0/3 seeds)")  # sensitivity 0: it ignores the reference
     assert "| mean-preset | 1 | 10 | 5 | 0.00 (0.00) | 0.00 | 0.00 (0.00) | yes (1/1 seeds) |" in adaptive
     assert "Runs: 12 training runs, median 101 s each; mean-preset fitted in 140, 140 steps; oracle" in adaptive
-    assert paths["readme_block"] == md.split("\n", 2)[2]
+    # the README block is results.md without its title, its plots linked from the experiment's folder
+    block = paths["readme_block"]
+    assert block == md.split("\n", 2)[2].replace("](plots/", "](results/cpu/plots/")
+    assert "](results/cpu/plots/paired_demo-adaptive.png)" in block and "](plots/" not in block
 
 
 def test_paired_and_collapse_csv_hold_the_numbers_of_the_tables(written):

@@ -278,6 +278,13 @@ def _runs_line(run_rows: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+def readme_block(md: str, budget: str) -> str:
+    """results.md for the experiment's README (``experiments/NAME/README.md``): no title line, and
+    the plots linked from there (``results/BUDGET/plots/``), not from the results folder."""
+    body = md.split("\n", 2)[2] if md.startswith("# ") else md
+    return body.replace("](plots/", f"](results/{budget}/plots/")
+
+
 def write_results(out_dir, exp: dict, budget: str, results_rows: list[dict], prediction_rows: list[dict],
                   run_rows: list[dict], meta: dict | None = None, n_boot: int = S.N_BOOT) -> dict:
     """Write results.md, paired.csv, collapse.csv, plots/ and report.html of one budget's results folder.
@@ -327,7 +334,7 @@ def write_results(out_dir, exp: dict, budget: str, results_rows: list[dict], pre
                  paired_csv=write_csv(out / "paired.csv", [r for (b, d), s in sections.items()
                                                            for r in paired_csv(s["paired"], b, d)]),
                  collapse_csv=write_csv(out / "collapse.csv", [r for s in sections.values() for r in s["collapse_rows"]]),
-                 plots=plots, readme_block=md.split("\n", 2)[2] if md.startswith("# ") else md)
+                 plots=plots, readme_block=readme_block(md, budget))
     html_sections = []
     for (_, data), sec in sections.items():
         html_sections += [(f"Data {data}: paired differences per song ({PRIMARY})", "", paired_markdown(sec["paired"])),
