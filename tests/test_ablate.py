@@ -297,6 +297,26 @@ def test_the_plan_gives_each_unit_its_split_file_run_id_and_wandb_keys(tiny, tmp
         plan.units[0].spec["hash"]
 
 
+def test_each_training_fraction_has_its_own_split_file(tiny, tmp_path):
+    folder, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-frac", data)
+    text = (exp_dir / "config.yaml").read_text().replace(
+        "    train_fraction: 0.5\n", "    train_fraction: 0.5\n  approach2-quarter:\n"
+        "    configs: [configs/approach2.yaml]\n    train_fraction: 0.25\n")
+    (exp_dir / "config.yaml").write_text(text)
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test", "--folds", "0"]))
+    runner.prepare_data(plan)
+    half, quarter = (next(u for u in plan.units if u.variant == v) for v in ("approach2", "approach2-quarter"))
+    assert half.config["data"]["split_file"] != quarter.config["data"]["split_file"]
+    for u in (half, quarter):  # the split file lists exactly the songs of the subset's folder
+        split = json.loads(Path(u.config["data"]["split_file"]).read_text())
+        on_disk = sorted(F.song_names(Path(u.config["data"]["root"])))
+        assert sorted(split["train"] + split["val"] + split["test"]) == on_disk
+        assert split["test"] == u.split["test"] and set(split["train"]) <= set(u.split["train"])
+    assert len(json.loads(Path(quarter.config["data"]["split_file"]).read_text())["train"]) < \
+        len(json.loads(Path(half.config["data"]["split_file"]).read_text())["train"])
+
+
 def test_truth_targets_are_the_true_settings_of_train_and_val_songs_only(tiny, tmp_path):
     from mst_single.console import VocalConsole
     from mst_single.data import read_param_targets

@@ -187,7 +187,7 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
     if fraction is not None and float(fraction) < 1.0:
         subset = data_dir(plan.runs_dir, data) / f"fold{fold}-train-{float(fraction):g}"
         cfg["data"]["root"] = str(subset)
-        cfg["data"]["split_file"] = str(subset.with_suffix(".json"))
+        cfg["data"]["split_file"] = str(subset_split_file(subset))
     approach, policy = C.approach_policy(cfg)
     targets = exp["variants"][variant].get("param_targets", "oracle") if uses_targets(cfg) else None
     if targets:  # each training song's oracle (or true) setting, written by prepare_targets before training
@@ -212,6 +212,12 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
     spec["report"] = report_for(plan, data) if seed == plan.report["seed"] else None
     unit.spec = spec
     return unit
+
+
+def subset_split_file(subset: Path) -> Path:
+    """A training subset's own split file, next to its folder: ``fold0-train-0.25`` -> ``fold0-train-0.25.json``
+    (not ``with_suffix``, which would give every fraction the one file ``fold0-train-0.json``)."""
+    return subset.parent / f"{subset.name}.json"
 
 
 def data_dir(runs_dir: Path, data: str) -> Path:
@@ -329,7 +335,7 @@ def prepare_data(plan: Plan) -> None:
     for u in plan.units:
         if u.subset is not None and u.subset not in done:
             _, sub = F.train_subset(plan.data[u.data]["folder"], u.split, float(u.train_fraction), u.subset)
-            F.write_split(u.subset.with_suffix(".json"), sub)
+            F.write_split(subset_split_file(u.subset), sub)
             done.add(u.subset)
 
 
