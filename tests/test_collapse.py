@@ -137,6 +137,24 @@ def test_summary_counts_collapsed_seeds_and_read_predictions_csv(tmp_path):
     assert collapse.collapse_rows(pred_rows("approach2", oracle, data="other")) == []
 
 
+def test_the_true_settings_are_judged_against_the_oracle_like_a_model():
+    # an oracle that is the truth plus wide fitting noise: the truth itself then looks collapsed against it
+    rng = np.random.default_rng(3)
+    true = 0.5 + 0.05 * rng.standard_normal((len(SONGS), len(PARAMS)))
+    oracle = np.clip(true + 0.2 * rng.standard_normal(true.shape), 0, 1)
+    truth = {"adaptive": {s: dict(zip(PARAMS, map(float, true[i]))) for i, s in enumerate(SONGS)}}
+    rows = collapse.collapse_rows(baseline_rows(oracle), truth)
+    row = next(r for r in rows if r["variant"] == collapse.TRUTH)
+    assert row["seed"] == "-" and row["songs"] == len(SONGS) and row["spread_ratio_truth"] == 1.0
+    assert row["spread_ratio"] < collapse.COLLAPSE_SPREAD and row["collapsed"] == "yes"
+    # an exact oracle: the truth passes
+    exact = {"adaptive": {s: dict(zip(PARAMS, map(float, oracle[i]))) for i, s in enumerate(SONGS)}}
+    row = next(r for r in collapse.collapse_rows(baseline_rows(oracle), exact) if r["variant"] == collapse.TRUTH)
+    assert row["adaptivity"] == pytest.approx(1.0) and row["spread_ratio"] == pytest.approx(1.0)
+    assert row["collapsed"] == "no"
+    assert not any(r["variant"] == collapse.TRUTH for r in collapse.collapse_rows(baseline_rows(oracle)))
+
+
 def test_normalize_truth_uses_the_console_ranges():
     from mst_single.console import specs_for
 

@@ -55,7 +55,9 @@ def test_results_md_leads_with_paired_statistics_then_collapse_then_mean_std(wri
     assert "yes (3/3 seeds)" in flag
     a1 = next(ln for ln in per_song.splitlines() if ln.startswith("| approach1 (eval ref: song, upper bound) | 3 |"))
     assert a1.rstrip(" |").endswith("no (0/3 seeds)")  # sensitivity 0: it ignores the reference
-    assert "| mean-preset | 1 | 10 | 5 | 0.00 (0.00) | 0.00 | 0.00 (0.00) | yes (1/1 seeds) |" in adaptive
+    assert "| mean-preset | 1 | 10 | 5 | 0.00 (0.00) | 0.00 | 0.00 (0.00) | 0.00 | yes (1/1 seeds) |" in adaptive
+    # the true settings judged like a model (truth = the oracle's gain here: it follows the oracle)
+    assert "| truth | 1 | 10 |" in adaptive and "| truth |" not in per_song
     assert "Runs: 12 training runs, median 101 s each; mean-preset fitted in 140, 140 steps; oracle" in adaptive
     # the README block is results.md without its title, its plots linked from the experiment's folder
     block = paths["readme_block"]

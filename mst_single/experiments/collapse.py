@@ -176,6 +176,9 @@ def _common(params: list[str], *settings_: dict) -> list[str]:
     return sorted(s for s in songs if all(all(p in x[s] for p in params) for x in settings_))
 
 
+TRUTH = "truth"  # the row of the true settings (demo data), judged against the oracle like a model
+
+
 def collapse_rows(prediction_rows: list[dict], truth: dict | None = None) -> list[dict]:
     """One row per (budget, data, variant, seed): the collapse metrics of the module docstring.
 
@@ -225,6 +228,20 @@ def collapse_rows(prediction_rows: list[dict], truth: dict | None = None) -> lis
                 if own == "song" and any((variant, p) in conds for p in ("other", "shuffled")):
                     row.update(_sensitivity(conds, variant, seed, oracle, params))
                 out.append(row)
+        if true_params:  # the true settings judged like a model: what a perfect predictor scores
+            fold = {s: f for (d, v, s), f in folds.items() if d == data and v == "oracle"}
+            songs = _common(true_params, true, oracle)
+            if songs:
+                mask = matters(_matrix(oracle, songs, true_params))
+                parts = [(_matrix(true, g, true_params), _matrix(oracle, g, true_params), len(g))
+                         for g in _per_fold(songs, fold)]
+                row = dict(budget=budget, data=data, variant=TRUTH, eval_policy=NONE, seed="-", songs=len(songs),
+                           params=int(mask.sum()),
+                           adaptivity=_fold_mean([(adaptivity(P, R, mask), n) for P, R, n in parts]),
+                           spread_ratio=_fold_mean([(spread_ratio(P, R, mask), n) for P, R, n in parts]),
+                           adaptivity_truth=1.0, spread_ratio_truth=1.0)
+                why = is_collapsed(row["adaptivity"], row["spread_ratio"])
+                out.append(dict(row, collapsed="yes" if why else "no", why=why))
     return out
 
 

@@ -169,7 +169,7 @@ def collapse_markdown(summary: list[dict]) -> str:
     has_ref = any("reads_reference" in s for s in summary)
     head = ["variant (predictions judged)", "seeds", "songs", "params that matter", "adaptivity (min)"]
     head += ["adaptivity vs truth"] if has_truth else []
-    head += ["spread ratio (min)", "collapsed"]
+    head += ["spread ratio (min)"] + (["spread ratio vs truth"] if has_truth else []) + ["collapsed"]
     head += ["ref. sensitivity (other)", "control (shuffled)", "noise floor (song-alt)", "scale", "reads reference"] \
         if has_ref else []
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -177,7 +177,9 @@ def collapse_markdown(summary: list[dict]) -> str:
         cells = [S.label((s["variant"], s["eval_policy"])), str(s["seeds"]), f"{s['songs']:.0f}", f"{s['params']:.0f}",
                  f"{_f2(s['adaptivity'])} ({_f2(s['adaptivity_min'])})"]
         cells += [_f2(s.get("adaptivity_truth", math.nan))] if has_truth else []
-        cells += [f"{_f2(s['spread_ratio'])} ({_f2(s['spread_ratio_min'])})", s["collapsed"]]
+        cells += [f"{_f2(s['spread_ratio'])} ({_f2(s['spread_ratio_min'])})"]
+        cells += [_f2(s.get("spread_ratio_truth", math.nan))] if has_truth else []
+        cells += [s["collapsed"]]
         if has_ref:
             cells += [_f2(s[k]) for k in ("sensitivity", "control", "noise_floor", "scale")] + [s["reads_reference"]] \
                 if "reads_reference" in s else [""] * 5
@@ -200,7 +202,9 @@ COLLAPSE_NOTE = (
     f"predictions for the same raw with the song's own mix vs another song's (control: the shuffled "
     f"references; noise floor: another section of the song's own mix; scale: the oracle's distance between "
     f"songs). *Reads reference*: sensitivity − noise floor ≥ {C.REF_MIN} × scale. `mean-preset` shows what "
-    f"a collapsed predictor scores.")
+    f"a collapsed predictor scores; `truth` (demo data) the true settings themselves: a perfect predictor. "
+    f"*vs truth*: the same measures against the true settings (spread ratio: std of the predictions / "
+    f"the true settings').")
 
 
 # ----------------------------------------------------------------------------------------------- results.md
