@@ -357,6 +357,42 @@ def test_truth_targets_are_the_true_settings_of_train_and_val_songs_only(tiny, t
     assert "truth.json" in str(e.value)
 
 
+def test_true_setting_baseline_scores_each_songs_true_setting_and_needs_truth(tiny, tmp_path):
+    import shutil
+
+    from mst_single.console import VocalConsole
+    from mst_single.experiments import evaluate as E
+
+    folder, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-true", data)
+    text = (exp_dir / "config.yaml").read_text() + "baselines: [true-setting]\n"
+    (exp_dir / "config.yaml").write_text(text)
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    runner.prepare_data(plan)
+    out = runner.run_baselines(plan, "demo", 0)
+    mrstft = {r["song"]: r["value"] for r in out["rows"] if r["variant"] == "true-setting" and r["metric"] == "mrstft"}
+    u = plan.units[0]
+    testset = E.TestSet(**u.eval_data)
+    assert set(mrstft) == set(testset.names) | {"mean"} and len(testset.names) >= 1
+    # each song is scored with its own truth.json setting: the same number as evaluating that setting directly
+    truth = json.loads((data / "truth.json").read_text())["songs"]
+    console = VocalConsole(testset.sample_rate)
+    song = testset.names[0]
+    p = console.normalize({k: v for k, v in truth[song]["params"].items() if k in console.param_names})
+    direct = E.evaluate_setting(console, -23.0, testset, p, keep_audio=False, progress=False)[0]  # names[0] first
+    assert mrstft[song] == pytest.approx(direct.metrics["mrstft"], rel=1e-6)
+    # and a worse setting scores worse: the baseline is not a constant
+    other = E.evaluate_setting(console, -23.0, testset, console.default_params(1), keep_audio=False, progress=False)[0]
+    assert other.metrics["mrstft"] > direct.metrics["mrstft"]
+    # data without truth.json: an error that names the file and the fix
+    bare = tmp_path / "bare"
+    shutil.copytree(data, bare)
+    (bare / "truth.json").unlink()
+    with pytest.raises(MstError, match="true-setting baseline needs every test song's true setting") as e:
+        runner.true_settings(E.TestSet(**dict(u.eval_data, root=str(bare))), console)
+    assert "truth.json" in str(e.value) and "demo-data" in str(e.value)
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 def test_derangement_has_no_fixed_point_and_is_seeded():
     from mst_single.experiments.evaluate import derangement

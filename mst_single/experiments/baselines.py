@@ -9,6 +9,9 @@
   style as a single preset; no network), per data set × fold.
 - ``oracle``: a setting fitted per test song on random crops of that song's own aligned pair, with
   restarts; the restart whose setting scores best on the whole song wins. The chain's ceiling.
+- ``true-setting`` (optional, demo data only): each test song's true setting from ``truth.json``, the
+  setting that made its mix (``runner.true_settings``). What a network that predicts settings
+  perfectly would score; below the oracle's score only where the console cannot follow the engine.
 
 Fitting (:func:`fit_setting`): Adam on the logits of p = sigmoid(logits) through the ``VocalConsole``
 and the training loss, until an exponential moving average of the loss (``EMA_BETA``) has not

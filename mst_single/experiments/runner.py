@@ -297,10 +297,11 @@ def truth_targets(folder: Path, model: dict, songs: list) -> dict:
     ``mst-single demo-data`` wrote), in [0, 1] of the console the runs train. A stage the song's true
     chain did not use (e.g. no reverb in the house style) gets the console's neutral value."""
     from mst_single.console import VocalConsole
+    from mst_single.experiments.evaluate import read_truth
 
     path = folder / "truth.json"
     try:
-        truth = json.loads(path.read_text())["songs"]
+        truth = read_truth(folder)["songs"]
     except (OSError, ValueError, KeyError) as e:
         raise MstError(f"param_targets: truth needs the data's true settings ({type(e).__name__}: {e})", path,
                        "use param_targets: oracle, or data made by `mst-single demo-data`") from None
@@ -314,6 +315,19 @@ def truth_targets(folder: Path, model: dict, songs: list) -> dict:
         p = console.normalize({k: v for k, v in units.items() if k in console.param_names})
         out[s.name] = p.reshape(-1).tolist()
     return {"names": list(console.param_names) if console else [], "params": dict(sorted(out.items()))}
+
+
+def true_settings(testset, console) -> dict:
+    """{song: (1, P)} each test song's true setting (demo data's truth.json) in [0, 1] of ``console``,
+    for the ``true-setting`` baseline: what the console scores when the network is perfect. A stage
+    the song's chain did not use gets the console's neutral value."""
+    missing = [s for s in testset.names if not testset.truth_params(s)]
+    if missing:
+        raise MstError(f"the true-setting baseline needs every test song's true setting; {len(missing)} have none "
+                       f"(e.g. {missing[0]!r})", Path(testset.root) / "truth.json",
+                       "use it on data made by `mst-single demo-data`, or drop true-setting from `baselines`")
+    return {s: console.normalize({k: v for k, v in testset.truth_params(s).items() if k in console.param_names})
+            for s in testset.names}
 
 
 def report_for(plan: Plan, data: str) -> dict:
@@ -561,6 +575,9 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
             print(f"{where}: mean-preset fitted on {len(testset.splits['train'])} training songs, {info.steps} steps "
                   f"({info.stopped_by}), loss {info.losses[0]:.4f} -> {info.losses[-1]:.4f}", flush=True)
             results = E.evaluate_setting(console, target_lufs, testset, p, desc="scoring mean-preset")
+        elif name == "true-setting":
+            results = E.evaluate_setting(console, target_lufs, testset, true_settings(testset, console),
+                                         desc="scoring true-setting")
         else:  # oracle
             fits = fit_oracle(plan, data, model, list(testset.songs), force)[0]
             for song, (_, info) in fits.items():
