@@ -165,6 +165,25 @@ def loudness_torch(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
         return _gate(seg, num_blocks, sample_rate).float()
 
 
+def match_level_torch(x: torch.Tensor, reference: torch.Tensor, sample_rate: int,
+                      max_gain_db: float = 30.0) -> torch.Tensor:
+    """``x`` (batch, channels, samples) scaled, per item, to the K-weighted energy of ``reference``
+    (batch, channels', samples') -> same shape as ``x``.
+
+    Ungated (a short segment has too few 400 ms blocks to gate), and differentiable in ``x``: the gain
+    is computed from ``x`` itself, so the result does not depend on ``x``'s level at all and a loss
+    on it gives level parameters no gradient. ``reference`` is a constant. The gain is capped at
+    +-``max_gain_db`` dB (a silent ``x`` stays silent instead of being blown up).
+    """
+    def energy(y: torch.Tensor) -> torch.Tensor:
+        return k_weight_torch(y, sample_rate).square().mean((-2, -1))
+
+    e_ref = energy(reference.detach())
+    cap = 10.0 ** (max_gain_db / 10.0)
+    ratio = (e_ref / energy(x).clamp(min=1e-20)).clamp(1.0 / cap, cap)
+    return x * ratio.sqrt().to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
 MAX_GAIN_DB = 30.0  # input normalisation never applies more than this (a near-silent take stays quiet)
 
 

@@ -267,7 +267,9 @@ def mixsheet(report: dict) -> str:
         f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
         f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
         "normalised [0, 1] space (robust to outlier segments)",
-        f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS",
+        f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS"
+        + (f", normalised to the house loudness {r['output_lufs']:.1f} LUFS by the output gain"
+           if r.get("output_lufs") is not None else ""),
         "",
         "## Settings",
         "",
@@ -339,7 +341,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     seg_s = float(segment_seconds if segment_seconds is not None else meta["data"].get("segment_seconds") or 4.0)
     if seg_s <= 0:
         raise MstError(f"--segment-seconds must be positive, got {seg_s}", fix="e.g. --segment-seconds 4")
-    total = frames / sr_in * 2 + (rinfo.frames / rinfo.sample_rate if rinfo else 0)
+    passes = 3 if model.output_lufs is not None else 2  # match_loudness: one more pass to measure the output
+    total = frames / sr_in * passes + (rinfo.frames / rinfo.sample_rate if rinfo else 0)
     bar = _Progress(total, f"mix {raw_path.name}", progress)
     with bar:
         # pass 1: loudness + where the singing is
@@ -380,6 +383,19 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
 
         gain_db = song_gain_db(lufs, model.target_lufs)
         gain = 10 ** (gain_db / 20)
+        output_lufs = model.output_lufs
+        if output_lufs is not None:
+            # match_loudness models: one more pass measures the chain's output, then the output gain
+            # (the chain's last, linear stage) is moved so the song lands at the house loudness
+            from mst_single.experiments.evaluate import output_gain_to
+            from mst_single.loudness import StreamingLoudness
+
+            meter, streamer = StreamingLoudness(sr_in, 2), console.streamer(p_in)
+            for _, x in _blocks(raw_path, info, block_size):
+                meter.update(streamer.process(x.mean(axis=0, keepdims=True) * gain))
+                bar.update(x.shape[1] / sr_in)
+            p_in, _ = output_gain_to(console, p_in, meter.integrated(), output_lufs)
+            units = {k: float(v[0]) for k, v in console.denormalize(p_in).items()}
         streamer = console.streamer(p_in)
         import soundfile as sf
 
@@ -421,6 +437,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 "input_lufs": lufs,
                 "target_lufs": model.target_lufs,
                 "normalization_gain_db": gain_db,
+                "output_lufs": output_lufs,  # null: the predicted output gain sets the level
                 "stages": dict(model.console.stages),
                 "params": units,
                 "units": {k: specs[k].unit for k in units},

@@ -5,7 +5,7 @@ the YAML `model:` section). One step:
 
     raw (batch, 1, samples) --loudness-normalise to target_lufs--> x
     p = controller(x, reference)            (batch, num_params) in [0, 1]
-    output = console(x, p)                  (batch, 2, samples)
+    output = console(x, p)                  (batch, 2, samples)  [or a crop: loss_crop_seconds]
     loss = MRSTFTL1Loss(output, mixed)      {"loss", "mrstft", "l1"}
          (+ param_loss_weight * |p - oracle setting of the song|, when the data carries one)
 
@@ -31,7 +31,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from mst_single.console import VocalConsole
 from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
-from mst_single.loudness import normalize_loudness
+from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
 
 
@@ -70,6 +70,22 @@ class VocalMST(pl.LightningModule):
             raw through p, reference = another item's raw through p, parameter target = p). A few
             hundred songs are only a few hundred styles to learn to read; synthetic pairs give a new
             style every item, with its exact setting. 0 = real pairs only.
+        loss_crop_seconds: None = the console and the audio loss run on the whole segment. A number:
+            they run on a crop of that many seconds of it (random per item in training, centred in
+            validation), while the network still sees the whole segment. Decisions such as the
+            compressor's and the reverb's depend on the take's level distribution and phrasing,
+            which a 1.5 s segment barely shows; this buys the network a long view (e.g. 6 s
+            segments) at the audio cost of a short one (experiments/e07).
+        param_warmup_steps: the first N optimizer steps train on the parameter loss alone (console
+            and audio loss skipped, ~15x cheaper per step); needs `param_loss_weight` > 0. 0 = off.
+        match_loudness: the output level is not the network's to learn. In training and validation
+            the console's output is scaled to the mixed target's K-weighted energy before the loss
+            (so the loss ignores level, and no level parameter trades off against the others); when
+            a song is mixed (`mix`, evaluation) the whole output is normalised to `house_lufs`, the
+            median integrated loudness of the training songs' mixed files (measured when `fit`
+            starts, saved in the checkpoint). For a producer who delivers every vocal at about the
+            same loudness (experiments/e08). The `output_gain_db` parameter then carries the gain
+            that lands the song there.
     """
 
     def __init__(
@@ -92,6 +108,9 @@ class VocalMST(pl.LightningModule):
         head_init_scale: float = 1.0,
         param_loss_weight: float = 0.0,
         synthetic_reference_prob: float = 0.0,
+        loss_crop_seconds: float | None = None,
+        param_warmup_steps: int = 0,
+        match_loudness: bool = False,
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -105,6 +124,17 @@ class VocalMST(pl.LightningModule):
                                            encoder=dict(encoder or {}), hidden=hidden, dropout=dropout,
                                            head_init_scale=head_init_scale)
         self.param_loss_weight = float(param_loss_weight)
+        if loss_crop_seconds is not None and not loss_crop_seconds > 0:
+            raise MstError(f"model.loss_crop_seconds must be > 0 or null, got {loss_crop_seconds}",
+                           fix="set it to the seconds the audio loss should see (e.g. 1.5), or null for the whole segment")
+        self.loss_crop = None if loss_crop_seconds is None else max(1, int(round(loss_crop_seconds * self.sample_rate)))
+        self.param_warmup_steps = int(param_warmup_steps)
+        self.match_loudness = bool(match_loudness)
+        if self.match_loudness:
+            self.register_buffer("house_lufs", torch.tensor(float("nan")))
+        if self.param_warmup_steps > 0 and self.param_loss_weight <= 0:
+            raise MstError(f"model.param_warmup_steps is {self.param_warmup_steps} but model.param_loss_weight is 0: "
+                           "the warm-up would have no loss", fix="set model.param_loss_weight > 0, or param_warmup_steps: 0")
         self.synthetic_reference_prob = float(synthetic_reference_prob) if approach == "approach1" else 0.0
         self.loss_fn = MRSTFTL1Loss(**(loss or {}))
         self.num_parameters = count_parameters(self.controller)
@@ -161,6 +191,17 @@ class VocalMST(pl.LightningModule):
         p = self._predict(x, reference) if params is None else params.to(x)
         return self.console(x, p)
 
+    @property
+    def output_lufs(self) -> float | None:
+        """The loudness (LUFS) a whole mixed song is normalised to, or None (the output gain decides)."""
+        if not self.match_loudness:
+            return None
+        v = float(self.house_lufs)
+        if not math.isfinite(v):
+            raise MstError("model.match_loudness is on but the house loudness was never measured",
+                           fix="train the model with `fit` (it measures the training mixes when it starts)")
+        return v
+
     def params_in_units(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """`(batch, num_params)` in [0, 1] -> {name: `(batch,)` in units}."""
         return self.console.denormalize(p)
@@ -170,6 +211,10 @@ class VocalMST(pl.LightningModule):
         rank_zero_info(f"VocalMST {self.approach}: {self.num_parameters:,} trainable parameters "
                        f"(encoder + controller), {self.console.num_params} console parameters, "
                        f"{self.sample_rate} Hz, input normalised to {self.target_lufs:g} LUFS")
+        if self.match_loudness:
+            self.house_lufs.fill_(self._measure_house_lufs())
+            rank_zero_info(f"house loudness {float(self.house_lufs):.2f} LUFS (median of the training songs' mixes): "
+                           "every mixed song is normalised to it")
         if self.param_loss_weight > 0:
             dm = getattr(self.trainer, "datamodule", None)
             names = getattr(dm, "param_target_names", None)
@@ -183,6 +228,28 @@ class VocalMST(pl.LightningModule):
                                f"{len(names)} vs {len(self.param_names)})", where,
                                "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
 
+    def _measure_house_lufs(self) -> float:
+        import numpy as np
+
+        from mst_single.audio import load_audio
+        from mst_single.loudness import SILENCE_LUFS, integrated_loudness
+
+        dm = getattr(self.trainer, "datamodule", None)
+        songs = (getattr(dm, "splits", None) or {}).get("train")
+        if not songs:
+            raise MstError("model.match_loudness needs the training songs to measure the house loudness",
+                           fix="train with the VocalDataModule (`mst-single fit`), or set model.match_loudness: false")
+        values = []
+        for s in songs:
+            x, sr = load_audio(s.mixed_path)
+            v = integrated_loudness(x, sr)
+            if v > SILENCE_LUFS:
+                values.append(v)
+        if not values:
+            raise MstError("every training mix is silent: no house loudness to learn",
+                           fix="check the mixed files (`mst-single check-data DATA`)")
+        return float(np.median(values))
+
     def _step(self, batch: dict, stage: str) -> dict:
         self._songs = list(batch.get("song", []))
         raw, target = batch["raw"], batch["mixed"]
@@ -193,13 +260,22 @@ class VocalMST(pl.LightningModule):
         if stage == "train" and self.synthetic_reference_prob > 0 and x.shape[0] > 1:
             target, reference, tp, has_tp = self._synthetic(x, target, reference, tp, has_tp)
         p = self._predict(x, reference)
-        output = self.console(x, p)
-        losses = self.loss_fn(output, target)
+        x, target = self._crop(x, target, stage)
+        if stage == "train" and self.global_step < self.param_warmup_steps:
+            if has_tp is None:
+                raise MstError("model.param_warmup_steps needs parameter targets, but the batch has none",
+                               fix="set data.param_targets (`mst-single ablate` fits them), or param_warmup_steps: 0")
+            output, losses = None, {}
+        else:
+            output = self.console(x, p)
+            if self.match_loudness:
+                output = match_level_torch(output, target, self.sample_rate)
+            losses = self.loss_fn(output, target)
         if self.param_loss_weight > 0 and has_tp is not None:
             # a masked mean, not boolean indexing: no host sync beyond the loss check below
             w = has_tp.to(p.dtype)
             losses["param"] = ((p - tp.to(p)).abs().mean(1) * w).sum() / w.sum().clamp(min=1.0)
-            losses["loss"] = losses["loss"] + self.param_loss_weight * losses["param"]
+            losses["loss"] = losses.get("loss", 0.0) + self.param_loss_weight * losses["param"]
         # NaN/Inf anywhere above reaches the loss (every stage propagates it without raising), so
         # one read of it is the step's only host sync; the culprit is looked up only then
         if not torch.isfinite(losses["loss"]):
@@ -219,7 +295,23 @@ class VocalMST(pl.LightningModule):
         units = self.console.denormalize(pd)
         self.log_dict({f"{stage}/params/{k}": v.mean() for k, v in units.items()}, on_step=False, on_epoch=True,
                       batch_size=bs, sync_dist=True)
-        return dict(losses, x=x, output=output, params=pd)
+        return dict(losses, x=x, target=target, output=output, params=pd)
+
+    def _crop(self, x: torch.Tensor, target: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, target) cut to `loss_crop_seconds` (same span of both): random start per item in
+        training (torch's global RNG, reseeded every step, so a resumed run draws the same), centred
+        otherwise. Unchanged when off or when the segment is no longer than the crop."""
+        n = x.shape[-1]
+        if self.loss_crop is None or n <= self.loss_crop:
+            return x, target
+        c = self.loss_crop
+        if stage == "train":
+            starts = torch.randint(0, n - c + 1, (x.shape[0],)).to(x.device)
+        else:
+            starts = torch.full((x.shape[0],), (n - c) // 2, device=x.device)
+        idx = starts[:, None, None] + torch.arange(c, device=x.device)
+        return (x.gather(-1, idx.expand(-1, x.shape[1], -1)),
+                target.gather(-1, idx.expand(-1, target.shape[1], -1)))
 
     @torch.no_grad()
     def _synthetic(self, x, target, reference, tp, has_tp):
@@ -274,7 +366,7 @@ class VocalMST(pl.LightningModule):
                     song=batch["song"][i], start=int(batch["start"][i]),
                     raw=out["x"][i].detach().cpu().float().numpy(),
                     output=out["output"][i].detach().cpu().float().numpy(),
-                    target=batch["mixed"][i].detach().cpu().float().numpy(),
+                    target=out["target"][i].detach().cpu().float().numpy(),
                     params={k: float(v[i]) for k, v in units.items()}))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

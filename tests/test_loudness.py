@@ -89,3 +89,18 @@ def test_streaming_edge_cases():
     assert meter.integrated() == -70.0
     with pytest.raises(ValueError, match="shape"):
         meter.update(np.zeros((2, 10)))
+
+
+def test_match_level_torch_is_invariant_to_the_input_level_and_caps_the_gain():
+    from mst_single.loudness import k_weight_torch, match_level_torch
+
+    sr = 16000
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, sr, generator=g) * 0.1
+    ref = torch.randn(2, 2, sr, generator=g) * torch.tensor([0.03, 0.3]).view(2, 1, 1)
+    y = match_level_torch(x, ref, sr)
+    e = lambda a: k_weight_torch(a, sr).square().mean((-2, -1))
+    assert torch.allclose(e(y), e(ref), rtol=1e-4)  # per item
+    assert torch.allclose(match_level_torch(x * 3.0, ref, sr), y, rtol=1e-4, atol=1e-7)  # x's level is gone (within the cap)
+    quiet = x * 1e-6  # 120 dB down: the gain stops at +30 dB instead of lifting noise to the target
+    assert torch.allclose(match_level_torch(quiet, ref, sr), quiet * 10 ** 1.5, rtol=1e-4)

@@ -261,3 +261,72 @@ def write_pair_(root: Path, name: str, raw: np.ndarray, mixed: np.ndarray):
     from conftest import write_pair
 
     return write_pair(root, name, raw, mixed, SR)
+
+
+def test_match_loudness_model_lands_every_mix_at_the_house_loudness(tmp_path):
+    """model.match_loudness: `fit` measures the training mixes' median loudness into the checkpoint;
+    the training loss ignores level (no gradient to the output gain); `mix` and the evaluation move the
+    output gain so the whole song lands at that loudness, whatever the network predicted."""
+    from conftest import synth_vocal
+
+    from mst_single.audio import load_audio
+    from mst_single.data import VocalDataModule
+    from mst_single.demo import make_demo_data
+    from mst_single.experiments.evaluate import TestSet, load_model as eval_load_model, mix_song, mix_song_at
+    from mst_single.loudness import integrated_loudness
+    from mst_single.train import cli_main
+
+    root = make_demo_data(tmp_path / "demo", songs=4, seconds=3, sample_rate=SR)
+    rc = cli_main(["fit", "-c", str(REPO / "configs" / "approach2.yaml"), "--data.root", str(root),
+                   "--data.sample_rate", str(SR), "--data.segment_seconds", "1", "--data.batch_size", "2",
+                   "--data.train_segments_per_epoch", "2", "--data.val_fraction", "0.25", "--data.test_fraction", "0.25",
+                   "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}', "--model.hidden", "16",
+                   "--model.log_audio_every_n_epochs", "0", "--model.match_loudness", "true",
+                   "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--wandb", "false",
+                   "--runs_dir", str(tmp_path / "runs"), "--run_name", "m"])
+    assert rc == 0
+    ckpt = tmp_path / "runs" / "m" / "checkpoints" / "last.ckpt"
+    model = eval_load_model(ckpt)
+    dm = VocalDataModule(str(root), sample_rate=SR, segment_seconds=1.0, val_fraction=0.25, test_fraction=0.25)
+    dm.setup()
+    train_lufs = [integrated_loudness(load_audio(s.mixed_path)[0], SR) for s in dm.splits["train"]]
+    assert model.output_lufs == pytest.approx(float(np.median(train_lufs)), abs=1e-4)
+
+    # training: the output is scaled to the target's K-weighted energy; the output gain gets no gradient
+    raw = torch.from_numpy(synth_vocal(1.0, SR, seed=3, level=0.1))[None, None].float()
+    mixed = torch.randn(1, 2, SR) * 0.01
+    model.train()
+    out = model._step({"raw": raw, "mixed": mixed, "song": ["x"], "start": torch.zeros(1)}, "val")
+    from mst_single.loudness import k_weight_torch
+
+    def energy(y):
+        return float(k_weight_torch(y.detach(), SR).square().mean())
+
+    assert energy(out["output"]) == pytest.approx(energy(mixed), rel=1e-4)
+    p = torch.full((1, model.console.num_params), 0.5, requires_grad=True)
+    from mst_single.loudness import match_level_torch
+
+    loss = model.loss_fn(match_level_torch(model.console(model.normalize_input(raw), p), mixed, SR), mixed)["loss"]
+    loss.backward()
+    i = model.console.param_names.index("output_gain_db")
+    assert p.grad[0, i].abs() < 1e-4 * p.grad.abs().max() and p.grad.abs().max() > 0  # float32 rounding only
+
+    # evaluation and mix: the whole song lands at the house loudness, through the output gain
+    song = dm.splits["test"][0].name
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"test": [song]}))
+    testset = TestSet(root, sample_rate=SR, split_file=str(split))
+    rawsong, _ = testset.audio(song)
+    setting = torch.full((1, model.console.num_params), 0.5)
+    plain = mix_song(model.console, model.target_lufs, rawsong, setting, testset.raw_lufs(song))
+    at, setting2 = mix_song_at(model.console, model.target_lufs, rawsong, setting, testset.raw_lufs(song), model.output_lufs)
+    assert integrated_loudness(at, SR) == pytest.approx(model.output_lufs, abs=0.05)
+    assert abs(integrated_loudness(plain, SR) - model.output_lufs) > 0.5  # it did have to move
+    again = mix_song(model.console, model.target_lufs, rawsong, setting2, testset.raw_lufs(song))
+    assert again == pytest.approx(at, rel=1e-3, abs=1e-6)  # the reported setting makes that audio
+    raw_path = Path(dm.splits["test"][0].raw_path)
+    report = mix_file(raw_path, tmp_path / "out.wav", ckpt)
+    y, _ = load_audio(tmp_path / "out.wav")
+    assert report["output_lufs"] == pytest.approx(model.output_lufs)
+    assert integrated_loudness(y, SR) == pytest.approx(model.output_lufs, abs=0.1)
+    assert "house loudness" in (tmp_path / "out.wav.mixsheet.md").read_text()

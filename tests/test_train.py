@@ -377,3 +377,61 @@ def test_synthetic_references_replace_target_reference_and_setting_for_approach1
     # validation uses the real pairs; approach2 has no reference to read and ignores the option
     assert not torch.allclose(step(0.01, "val")["loss"], step(0.5, "val")["loss"])
     assert VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, synthetic_reference_prob=1.0).synthetic_reference_prob == 0
+
+
+def test_loss_crop_runs_console_and_loss_on_a_crop_while_the_network_sees_the_whole_segment():
+    from mst_single.system import VocalMST
+
+    enc = {"n_mels": 16, "channels": [4], "embed_dim": 8}
+    torch.manual_seed(0)
+    m = VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, dropout=0.0, loss_crop_seconds=0.25)
+    raw = torch.randn(3, 1, SR) * 0.05
+    # the second half of each raw is different: the network sees it, the loss of a centred crop does not
+    batch = {"raw": raw, "mixed": torch.randn(3, 2, SR) * 0.05, "song": ["a", "b", "c"], "start": torch.zeros(3)}
+    out = m._step(batch, "val")
+    crop = int(0.25 * SR)
+    assert out["output"].shape == (3, 2, crop) and out["x"].shape == (3, 1, crop) and out["target"].shape == (3, 2, crop)
+    lo = (SR - crop) // 2
+    x = m.normalize_input(raw)
+    assert torch.equal(out["x"], x[..., lo:lo + crop]) and torch.equal(out["target"], batch["mixed"][..., lo:lo + crop])
+    # the prediction is the whole segment's: changing audio outside the crop changes the parameters
+    other = dict(batch, raw=torch.cat([raw[..., :lo], raw[..., lo:] * 3.0], -1))
+    assert not torch.allclose(m._step(other, "val")["params"], out["params"])
+    # training crops start at random positions, per item, the same span of raw and mixed
+    torch.manual_seed(1)
+    tr = m._step(batch, "train")
+    starts = [next(s for s in range(SR - crop + 1) if torch.equal(tr["x"][i], x[i, :, s:s + crop])) for i in range(3)]
+    assert len(set(starts)) > 1
+    assert all(torch.equal(tr["target"][i], batch["mixed"][i, :, s:s + crop]) for i, s in enumerate(starts))
+    # gradients still reach the encoder through the crop
+    m.zero_grad()
+    tr["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.controller.encoder.parameters())
+    # a crop at least as long as the segment is the whole segment; a non-positive crop is refused
+    assert VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, loss_crop_seconds=2.0)._step(batch, "val")["output"].shape[-1] == SR
+    with pytest.raises(MstError, match="loss_crop_seconds"):
+        VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, loss_crop_seconds=0)
+
+
+def test_param_warmup_trains_on_the_parameter_loss_alone_then_adds_the_audio_loss(monkeypatch):
+    from mst_single.system import VocalMST
+
+    enc = {"n_mels": 16, "channels": [4], "embed_dim": 8}
+    with pytest.raises(MstError, match="param_loss_weight is 0"):
+        VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, param_warmup_steps=5)
+    torch.manual_seed(0)
+    m = VocalMST("approach2", sample_rate=SR, encoder=enc, hidden=8, dropout=0.0, param_loss_weight=1.0, param_warmup_steps=5)
+    m.console.forward = lambda *a, **k: pytest.fail("the console ran during the warm-up")
+    tp = torch.rand(2, m.console.num_params)
+    batch = {"raw": torch.randn(2, 1, SR) * 0.05, "mixed": torch.randn(2, 2, SR) * 0.05, "song": ["a", "b"],
+             "start": torch.zeros(2), "target_params": tp}
+    out = m._step(batch, "train")  # global_step 0 < 5
+    assert set(out) >= {"loss", "param"} and "mrstft" not in out and out["output"] is None
+    assert torch.allclose(out["loss"], (out["params"] - tp).abs().mean())
+    with pytest.raises(MstError, match="needs parameter targets"):
+        m._step({k: v for k, v in batch.items() if k != "target_params"}, "train")
+    del m.console.forward  # after the warm-up (and in validation) the audio loss is back
+    assert "mrstft" in m._step(batch, "val")
+    monkeypatch.setattr(VocalMST, "global_step", property(lambda self: 5))
+    out = m._step(batch, "train")
+    assert "mrstft" in out and torch.allclose(out["loss"], out["mrstft"] + out["l1"] + out["param"], atol=1e-6)

@@ -182,6 +182,40 @@ def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_
         return np.concatenate([streamer.process(x[0, :, i:i + hop]) for i in range(0, x.shape[-1], hop)], axis=1)
 
 
+def output_gain_to(console, p: torch.Tensor, measured_lufs: float, output_lufs: float) -> tuple[torch.Tensor, float]:
+    """Setting p (1, P) with its ``output_gain_db`` moved so that an output measured at
+    ``measured_lufs`` lands at ``output_lufs`` -> (new setting, the dB actually applied).
+
+    The move is clamped to the parameter's range (so the audio and the setting stay consistent:
+    the output gain is the chain's last, linear stage); a silent output, or a console without the
+    output gain stage, is left as it is (0 dB applied). Used by models trained with
+    ``model.match_loudness`` (evaluation and ``mix``).
+    """
+    from mst_single.loudness import SILENCE_LUFS
+
+    if "output_gain_db" not in console.param_names or measured_lufs <= SILENCE_LUFS:
+        return p, 0.0
+    units = console.denormalize(p.detach().float().reshape(1, -1).cpu())
+    old = float(units["output_gain_db"][0])
+    spec = next(s for s in console.specs if s.name == "output_gain_db")
+    new = min(max(old + output_lufs - measured_lufs, spec.low), spec.high)
+    units["output_gain_db"] = torch.tensor([new])
+    return console.normalize({k: float(v[0]) for k, v in units.items()}).to(p), new - old
+
+
+def mix_song_at(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_lufs: float,
+                output_lufs: float | None, device: str | torch.device = "cpu") -> tuple[np.ndarray, torch.Tensor]:
+    """:func:`mix_song`, then (``output_lufs`` not None) the output gain moved so that the whole song
+    lands at ``output_lufs`` (:func:`output_gain_to`) -> (output (2, N), the setting used (1, P))."""
+    out = mix_song(console, target_lufs, raw, p, raw_lufs, device)
+    if output_lufs is None:
+        return out, p
+    from mst_single.loudness import integrated_loudness
+
+    p2, db = output_gain_to(console, p, integrated_loudness(out, console.sample_rate), output_lufs)
+    return (out * np.float32(10.0 ** (db / 20.0))).astype(np.float32), p2
+
+
 def identity_output(raw: np.ndarray, raw_lufs: float, target_lufs: float) -> np.ndarray:
     """The ``identity`` baseline: raw (1, N) on both channels with the models' input normalisation
     (the whole-song gain ``song_gain_db(raw_lufs, target_lufs)``) and nothing else: what the console
@@ -264,21 +298,22 @@ def evaluate_model(model, testset: TestSet, policy: str, keep_audio: bool = True
     """Evaluate a trained ``VocalMST`` on every test song (see the module docstring)."""
     settings = predict_settings(model, testset, policy, progress)
     return evaluate_setting(model.console, model.target_lufs, testset, settings, keep_audio, progress,
-                            desc=f"scoring ({policy} refs)", device=_device(model))
+                            desc=f"scoring ({policy} refs)", device=_device(model),
+                            output_lufs=getattr(model, "output_lufs", None))
 
 
 def evaluate_setting(console, target_lufs: float, testset: TestSet, settings: dict[str, torch.Tensor] | torch.Tensor,
                      keep_audio: bool = True, progress: bool = True, desc: str = "scoring",
-                     device: str | torch.device = "cpu") -> list[SongResult]:
+                     device: str | torch.device = "cpu", output_lufs: float | None = None) -> list[SongResult]:
     """Evaluate fixed settings: one (1, P) tensor for every song, or {song: (1, P)} (e.g. the oracle),
-    the console running on ``device``."""
+    the console running on ``device``; ``output_lufs``: see :func:`mix_song_at`."""
     from mst_single.progress import progress as progress_bar
 
     results = []
     for name in progress_bar(testset.names, desc=desc, unit="songs", enabled=progress, leave=False):
         p = settings[name] if isinstance(settings, dict) else settings
         raw, target = testset.audio(name)
-        results.append(_result(console, target_lufs, testset, name, p, raw, target, keep_audio, device))
+        results.append(_result(console, target_lufs, testset, name, p, raw, target, keep_audio, device, output_lufs))
     return results
 
 
@@ -295,8 +330,8 @@ def evaluate_identity(testset: TestSet, target_lufs: float, level_matched: bool 
     return results
 
 
-def _result(console, target_lufs, testset, name, p, raw, target, keep_audio, device="cpu") -> SongResult:
-    out = mix_song(console, target_lufs, raw, p, testset.raw_lufs(name), device)
+def _result(console, target_lufs, testset, name, p, raw, target, keep_audio, device="cpu", output_lufs=None) -> SongResult:
+    out, p = mix_song_at(console, target_lufs, raw, p, testset.raw_lufs(name), output_lufs, device)
     units = _units(console, p)
     m = score(out, target, testset.sample_rate, units, testset.truth_params(name), console.specs)
     setting = dict(zip(console.param_names, (float(v) for v in p.detach().float().reshape(-1))))
