@@ -89,7 +89,7 @@ def tiny(tmp_path_factory):
 
 # ----------------------------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("name", ["e01-approach1-vs-approach2", "e02-reference-policy", "e03-loss", "e04-data-size",
-                                  "e05-collapse-fix", "e06-param-targets"])
+                                  "e05-collapse-fix", "e06-param-targets", "e07-context", "e08-loudness"])
 def test_committed_experiments_load_and_state_their_command(name):
     folder = EXPERIMENTS / name
     first = (folder / "config.yaml").read_text().splitlines()[0]
