@@ -396,6 +396,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 bar.update(x.shape[1] / sr_in)
             p_in, _ = output_gain_to(console, p_in, meter.integrated(), output_lufs)
             units = {k: float(v[0]) for k, v in console.denormalize(p_in).items()}
+            i = console.param_names.index("output_gain_db") if "output_gain_db" in console.param_names else None
+            if i is not None:  # the same [0, 1] value at any rate (only Hz ranges depend on it)
+                p = p.clone()
+                p[0, i] = p_in[0, i]
         streamer = console.streamer(p_in)
         import soundfile as sf
 

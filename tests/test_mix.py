@@ -328,5 +328,8 @@ def test_match_loudness_model_lands_every_mix_at_the_house_loudness(tmp_path):
     report = mix_file(raw_path, tmp_path / "out.wav", ckpt)
     y, _ = load_audio(tmp_path / "out.wav")
     assert report["output_lufs"] == pytest.approx(model.output_lufs)
+    spec = next(s for s in model.console.specs if s.name == "output_gain_db")  # params and [0, 1] agree
+    assert float(spec.to_units(torch.tensor(report["params_normalized"]["output_gain_db"]))) == pytest.approx(
+        report["params"]["output_gain_db"], abs=1e-3)
     assert integrated_loudness(y, SR) == pytest.approx(model.output_lufs, abs=0.1)
     assert "house loudness" in (tmp_path / "out.wav.mixsheet.md").read_text()
