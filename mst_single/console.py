@@ -183,6 +183,31 @@ class VocalConsole(torch.nn.Module):
             cols.append(s.to_unit_interval(v.expand(batch) if v.numel() == 1 else v))
         return torch.stack(cols, 1)
 
+    def known_setting(self, units: dict) -> torch.Tensor:
+        """`normalize` of the names this console has, ignoring the others: a chain that did not use a
+        stage (e.g. a demo style without reverb) leaves it at its neutral default. `(1, num_params)`."""
+        return self.normalize({k: v for k, v in units.items() if k in self.param_names})
+
+    def output_gain_to(self, p: torch.Tensor, measured_lufs: float, output_lufs: float) -> tuple[torch.Tensor, float]:
+        """Setting p `(1, num_params)` with its `output_gain_db` moved so that an output measured at
+        `measured_lufs` (LUFS) lands at `output_lufs` -> (new setting, the dB actually applied).
+
+        The move is clamped to the parameter's range, so the audio and the setting stay consistent
+        (the output gain is the chain's last, linear stage); a silent output, or a console without
+        the output gain stage, is left as it is (0 dB). For `model.match_loudness` (evaluation, `mix`).
+        """
+        from mst_single.loudness import SILENCE_LUFS
+
+        if "output_gain_db" not in self.param_names or measured_lufs <= SILENCE_LUFS:
+            return p, 0.0
+        i = self.param_names.index("output_gain_db")
+        spec = self.specs[i]
+        old = float(spec.to_units(p.detach().float().reshape(-1)[i]))
+        new = min(max(old + output_lufs - measured_lufs, spec.low), spec.high)
+        p2 = p.detach().clone()
+        p2[..., i] = spec.to_unit_interval(torch.tensor(new, dtype=torch.float32)).to(p2)
+        return p2, new - old
+
     def default_params(self, batch: int = 1) -> torch.Tensor:
         """The neutral setting, `(batch, num_params)` in [0, 1]."""
         return self.normalize({s.name: s.default for s in self.specs}).expand(batch, -1).clone()

@@ -387,14 +387,13 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         if output_lufs is not None:
             # match_loudness models: one more pass measures the chain's output, then the output gain
             # (the chain's last, linear stage) is moved so the song lands at the house loudness
-            from mst_single.experiments.evaluate import output_gain_to
             from mst_single.loudness import StreamingLoudness
 
             meter, streamer = StreamingLoudness(sr_in, 2), console.streamer(p_in)
             for _, x in _blocks(raw_path, info, block_size):
                 meter.update(streamer.process(x.mean(axis=0, keepdims=True) * gain))
                 bar.update(x.shape[1] / sr_in)
-            p_in, _ = output_gain_to(console, p_in, meter.integrated(), output_lufs)
+            p_in, _ = console.output_gain_to(p_in, meter.integrated(), output_lufs)
             units = {k: float(v[0]) for k, v in console.denormalize(p_in).items()}
             i = console.param_names.index("output_gain_db") if "output_gain_db" in console.param_names else None
             if i is not None:  # the same [0, 1] value at any rate (only Hz ranges depend on it)

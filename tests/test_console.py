@@ -231,3 +231,23 @@ def test_nan_parameters_never_raise_and_stay_in_their_row():
     for v in (float("nan"), float("inf")):
         assert F.eq_fir_length(16000, torch.full((1, 6), v), torch.full((1, 6), 100.0), torch.ones(1, 6)) >= 1024
         assert F.reverb_ir_length(16000, torch.tensor([v]), torch.tensor([0.0])) == int(2.5 * 16000)
+
+
+def test_output_gain_to_moves_only_the_output_gain_within_its_range():
+    from mst_single.console import VocalConsole
+
+    c = VocalConsole(16000)
+    p = c.normalize({"output_gain_db": 2.0, "gain_db": 3.0})
+    p2, db = c.output_gain_to(p, measured_lufs=-20.0, output_lufs=-14.0)  # 6 dB up
+    u = c.denormalize(p2)
+    assert db == pytest.approx(6.0, abs=1e-4) and float(u["output_gain_db"]) == pytest.approx(8.0, abs=1e-4)
+    i = c.param_names.index("output_gain_db")
+    assert torch.equal(torch.cat([p2[:, :i], p2[:, i + 1:]], 1), torch.cat([p[:, :i], p[:, i + 1:]], 1))
+    p3, db3 = c.output_gain_to(p, measured_lufs=-60.0, output_lufs=-14.0)  # 46 dB wanted, 22 allowed
+    assert db3 == pytest.approx(22.0, abs=1e-3) and float(c.denormalize(p3)["output_gain_db"]) == pytest.approx(24.0, abs=1e-3)
+    assert c.output_gain_to(p, measured_lufs=-70.0, output_lufs=-14.0) == (p, 0.0)  # silence: untouched
+    off = VocalConsole(16000, {"output_gain": False})
+    q = off.default_params(1)
+    assert off.output_gain_to(q, -20.0, -14.0) == (q, 0.0)
+    # known_setting keeps this console's names and ignores the rest
+    assert torch.equal(c.known_setting({"gain_db": 3.0, "limiter_db": -1.0}), c.normalize({"gain_db": 3.0}))

@@ -182,37 +182,16 @@ def mix_song(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_
         return np.concatenate([streamer.process(x[0, :, i:i + hop]) for i in range(0, x.shape[-1], hop)], axis=1)
 
 
-def output_gain_to(console, p: torch.Tensor, measured_lufs: float, output_lufs: float) -> tuple[torch.Tensor, float]:
-    """Setting p (1, P) with its ``output_gain_db`` moved so that an output measured at
-    ``measured_lufs`` lands at ``output_lufs`` -> (new setting, the dB actually applied).
-
-    The move is clamped to the parameter's range (so the audio and the setting stay consistent:
-    the output gain is the chain's last, linear stage); a silent output, or a console without the
-    output gain stage, is left as it is (0 dB applied). Used by models trained with
-    ``model.match_loudness`` (evaluation and ``mix``).
-    """
-    from mst_single.loudness import SILENCE_LUFS
-
-    if "output_gain_db" not in console.param_names or measured_lufs <= SILENCE_LUFS:
-        return p, 0.0
-    units = console.denormalize(p.detach().float().reshape(1, -1).cpu())
-    old = float(units["output_gain_db"][0])
-    spec = next(s for s in console.specs if s.name == "output_gain_db")
-    new = min(max(old + output_lufs - measured_lufs, spec.low), spec.high)
-    units["output_gain_db"] = torch.tensor([new])
-    return console.normalize({k: float(v[0]) for k, v in units.items()}).to(p), new - old
-
-
 def mix_song_at(console, target_lufs: float, raw: np.ndarray, p: torch.Tensor, raw_lufs: float,
                 output_lufs: float | None, device: str | torch.device = "cpu") -> tuple[np.ndarray, torch.Tensor]:
     """:func:`mix_song`, then (``output_lufs`` not None) the output gain moved so that the whole song
-    lands at ``output_lufs`` (:func:`output_gain_to`) -> (output (2, N), the setting used (1, P))."""
+    lands at ``output_lufs`` (``VocalConsole.output_gain_to``) -> (output (2, N), the setting used (1, P))."""
     out = mix_song(console, target_lufs, raw, p, raw_lufs, device)
     if output_lufs is None:
         return out, p
     from mst_single.loudness import integrated_loudness
 
-    p2, db = output_gain_to(console, p, integrated_loudness(out, console.sample_rate), output_lufs)
+    p2, db = console.output_gain_to(p, integrated_loudness(out, console.sample_rate), output_lufs)
     return (out * np.float32(10.0 ** (db / 20.0))).astype(np.float32), p2
 
 

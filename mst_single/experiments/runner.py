@@ -312,8 +312,7 @@ def truth_targets(folder: Path, model: dict, songs: list) -> dict:
         if not units:
             raise MstError(f"song {s.name!r} has no true setting", path,
                            "use param_targets: oracle, or regenerate the data with `mst-single demo-data`")
-        p = console.normalize({k: v for k, v in units.items() if k in console.param_names})
-        out[s.name] = p.reshape(-1).tolist()
+        out[s.name] = console.known_setting(units).reshape(-1).tolist()
     return {"names": list(console.param_names) if console else [], "params": dict(sorted(out.items()))}
 
 
@@ -326,8 +325,7 @@ def true_settings(testset, console) -> dict:
         raise MstError(f"the true-setting baseline needs every test song's true setting; {len(missing)} have none "
                        f"(e.g. {missing[0]!r})", Path(testset.root) / "truth.json",
                        "use it on data made by `mst-single demo-data`, or drop true-setting from `baselines`")
-    return {s: console.normalize({k: v for k, v in testset.truth_params(s).items() if k in console.param_names})
-            for s in testset.names}
+    return {s: console.known_setting(testset.truth_params(s)) for s in testset.names}
 
 
 def report_for(plan: Plan, data: str) -> dict:
