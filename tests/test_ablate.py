@@ -503,6 +503,27 @@ def test_the_oracle_fits_with_restarts_picks_the_best_on_the_whole_song_and_is_c
     with pytest.raises(AssertionError, match="refitted"):  # another budget is another fit
         B.fit_songs(console, songs, target_lufs=-23.0, budget=dict(budget, lr=0.2), cache_dir=tmp_path, seed=0,
                     restarts=2, progress=False)
+    # the key is the files' contents: a copy of the data folder elsewhere (new paths, new mtimes)
+    # reuses the fits; a changed file is refitted
+    import os
+    import shutil
+
+    copy = shutil.copytree(Path(songs[0].raw_path).parent.parent, tmp_path / "copied-data")
+    for f in copy.rglob("*.wav"):
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))  # as a copy to another disk would (new mtimes)
+    moved = index_songs(copy, 16000)
+    assert moved[0].raw_path != songs[0].raw_path
+    assert Path(moved[0].raw_path).stat().st_mtime_ns != Path(songs[0].raw_path).stat().st_mtime_ns
+    reused = B.fit_songs(console, moved, target_lufs=-23.0, budget=budget, cache_dir=tmp_path, seed=0, restarts=2,
+                         progress=False)
+    assert all(torch.equal(reused[n][0], fits[n][0]) for n in fits)
+    import soundfile as sf
+
+    x, sr = sf.read(moved[0].mixed_path, always_2d=True)
+    sf.write(moved[0].mixed_path, 0.5 * x, sr)
+    with pytest.raises(AssertionError, match="refitted"):
+        B.fit_songs(console, index_songs(copy, 16000)[:1], target_lufs=-23.0, budget=budget, cache_dir=tmp_path,
+                    seed=0, restarts=2, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- end to end

@@ -154,12 +154,32 @@ def _song_loss(console, target_lufs: float, song, raw: np.ndarray, y: torch.Tens
         return float(loss_fn(out, y)["loss"])
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the file, hashed once per process
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes (memoised per path, size and mtime)."""
+    import hashlib
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
 def _oracle_key(song, console, target_lufs, budget, seed, loss_fn) -> str:
     from mst_single.experiments.config import stable_hash
 
-    files = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in (song.raw_path, song.mixed_path)]
+    # the files' contents, not their path and mtime: a data folder copied elsewhere (a fresh clone
+    # given the cache, Drive -> a Colab disk) keeps its fits; a changed file is refitted
+    files = [file_digest(f) for f in (song.raw_path, song.mixed_path)]
     loss = "default" if loss_fn is None else repr(loss_fn)
-    return stable_hash(["oracle", 1, files, song.lag, console.sample_rate, console.stages, target_lufs, budget, seed, loss])
+    return stable_hash(["oracle", 2, files, song.lag, console.sample_rate, console.stages, target_lufs, budget, seed, loss])
 
 
 def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None, cache_dir: str | os.PathLike | None = None,
@@ -171,7 +191,7 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
     and r); each restart draws its own crops (``batch_size`` crops of ``segment_seconds`` per step,
     the whole song if shorter). The restart whose setting has the lowest loss on the whole song
     wins (its ``FitInfo.score``). Cached per song in ``cache_dir/oracle-<hash>.json`` by the song's
-    files (path, size, mtime), alignment, sample rate, console stages, loss, budget and seed;
+    files (their sha256: a copied data folder keeps its fits), alignment, sample rate, console stages, loss, budget and seed;
     ``refit`` ignores (and replaces) the cached fits.
     """
     from mst_single.data import load_aligned, song_loudness
