@@ -266,7 +266,9 @@ def mixsheet(report: dict) -> str:
         f"- Loudness: input {r['input_lufs']:.1f} LUFS, normalised to {r['target_lufs']:.1f} LUFS "
         f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
         f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
-        "normalised [0, 1] space (robust to outlier segments)",
+        "normalised [0, 1] space (robust to outlier segments)"
+        + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
+           if r.get("refine") else ""),
         f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS"
         + (f", normalised to the house loudness {r['output_lufs']:.1f} LUFS by the output gain"
            if r.get("output_lufs") is not None else ""),
@@ -302,7 +304,8 @@ class _Progress:
 
 def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
-             progress: bool = False, command: list[str] | None = None) -> dict:
+             progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
+             refine_lr: float = 0.05, refine_crops: int = 2) -> dict:
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
     Args:
@@ -315,6 +318,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             median in the normalised [0, 1] space.
         block_size: samples per streaming block (memory is bounded by it, not by the file length).
         progress: show a progress bar (stderr).
+        refine_steps: Approach 1: after the network, this many optimiser steps move the setting so that
+            the chain's output on the raw segments has the reference's style statistics
+            (``style.refine_setting``; 0: the network's setting as it is). refine_lr: Adam's step on the
+            setting's logits; refine_crops: raw segments per step.
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
@@ -327,6 +334,12 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     raw_path, out_path = Path(raw_path), Path(out_path)
     model, meta = load_model(ckpt)
     check_reference(model, ckpt, reference)
+    if refine_steps and not model.needs_reference:
+        raise MstError("--refine-steps needs a reference mix, and this is an approach2 checkpoint", ckpt,
+                       "drop --refine-steps, or use an approach1 checkpoint with --reference")
+    if refine_steps < 0 or refine_crops < 1 or refine_lr <= 0:
+        raise MstError(f"--refine-steps must be >= 0, --refine-crops >= 1 and --refine-lr > 0 (got "
+                       f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
     info = audio_info(raw_path)
     rinfo = audio_info(reference) if reference is not None else None
     for src in [raw_path] + ([Path(reference)] if reference is not None else []):
@@ -372,6 +385,15 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             raise MstError("the model predicted NaN/Inf parameters for this input", ckpt,
                            "check the checkpoint (was its training stable?) and the input file")
         p = per_seg.median(dim=0, keepdim=True).values  # (1, P) in [0, 1]
+        p_network = p
+        if refine_steps:
+            from mst_single.loudness import normalize_loudness
+            from mst_single.style import refine_setting
+
+            x, _ = normalize_loudness(raw_segs, msr, model.target_lufs,
+                                      lufs=torch.full((raw_segs.shape[0],), ana["lufs"]))
+            p = refine_setting(model.console, x, ref_segs, p, refine_steps, lr=refine_lr, crops=refine_crops,
+                               progress=progress)
         units_t = model.console.denormalize(p)
         units = {k: float(v[0]) for k, v in units_t.items()}
 
@@ -446,6 +468,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 "units": {k: specs[k].unit for k in units},
                 "params_normalized": {k: float(v) for k, v in zip(model.console.param_names, p[0].tolist())},
                 "combine": "median over segments, per parameter, in the normalised [0, 1] space",
+                "refine": ({"steps": int(refine_steps), "lr": float(refine_lr), "crops": int(refine_crops),
+                            "network_params_normalized": dict(zip(model.console.param_names, p_network[0].tolist()))}
+                           if refine_steps else None),
                 "segments": {
                     "seconds": seg_s,
                     "raw": [{"start_s": s / sr_in, "params_normalized": q} for s, q in zip(starts, per_seg.tolist())],
@@ -479,6 +504,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-segments", type=int, default=DEFAULT_MAX_SEGMENTS,
                         help=f"segments analysed; settings combined by their median (default {DEFAULT_MAX_SEGMENTS})")
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK, help="samples per streaming block")
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help="approach1: refine the predicted setting on the reference's style for N optimiser "
+                             "steps (experiments/e09-refine; ~0.1-0.2 s a step on a CPU core; default 0: off)")
+    parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
+    parser.add_argument("--refine-crops", type=int, default=2, help="raw segments per refinement step")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -488,13 +518,18 @@ def _command(args) -> list[str]:
         cmd += ["--reference", str(args.reference)]
     if args.segment_seconds is not None:
         cmd += ["--segment-seconds", str(args.segment_seconds)]
-    return cmd + ["--max-segments", str(args.max_segments), "--block-size", str(args.block_size)]
+    cmd += ["--max-segments", str(args.max_segments), "--block-size", str(args.block_size)]
+    if args.refine_steps:
+        cmd += ["--refine-steps", str(args.refine_steps), "--refine-lr", str(args.refine_lr),
+                "--refine-crops", str(args.refine_crops)]
+    return cmd
 
 
 def run(args) -> int:
     report = mix_file(args.raw, args.out, args.ckpt, reference=args.reference, segment_seconds=args.segment_seconds,
                       max_segments=args.max_segments, block_size=args.block_size, progress=not args.quiet,
-                      command=_command(args))
+                      command=_command(args), refine_steps=args.refine_steps, refine_lr=args.refine_lr,
+                      refine_crops=args.refine_crops)
     print(mixsheet(report))
     print(f"wrote {report['output']} (+ .params.json, .mixsheet.md)")
     return 0

@@ -29,6 +29,7 @@ variants:
   approach1:
     configs: [configs/approach1.yaml]
     overrides: {{model.param_loss_weight: 1.0}}
+    refine: {{steps: 2, crops: 1}}
   approach2:
     configs: [configs/approach2.yaml]
     train_fraction: 0.5
@@ -89,7 +90,8 @@ def tiny(tmp_path_factory):
 
 # ----------------------------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("name", ["e01-approach1-vs-approach2", "e02-reference-policy", "e03-loss", "e04-data-size",
-                                  "e05-collapse-fix", "e06-param-targets", "e07-context", "e08-loudness"])
+                                  "e05-collapse-fix", "e06-param-targets", "e07-context", "e08-loudness",
+                                  "e09-refine"])
 def test_committed_experiments_load_and_state_their_command(name):
     folder = EXPERIMENTS / name
     first = (folder / "config.yaml").read_text().splitlines()[0]
@@ -179,6 +181,13 @@ def test_bad_experiment_configs_are_explained(tmp_path):
         C.variant_config(exp, "a", "smoke", "d")
     with pytest.raises(MstError, match="unknown budget 'huge'"):
         C.variant_config(exp, "a", "huge", "d")
+    for bad, needle in [("{steps: 0}", "steps >= 1"), ("{lr: 0.1}", "with `steps`"), ("{steps: 3, tries: 2}", "with `steps`"),
+                        ("{steps: many}", "must be numbers"), ("30", "must be a mapping")]:
+        (tmp_path / "config.yaml").write_text(head + f"variants: {{a: {{configs: [x.yaml], refine: {bad}}}}}\n")
+        with pytest.raises(MstError, match=needle):
+            C.load_experiment(tmp_path)
+    (tmp_path / "config.yaml").write_text(head + "variants: {a: {configs: [x.yaml], refine: {steps: '4', lr: 0.1}}}\n")
+    assert C.load_experiment(tmp_path)["variants"]["a"]["refine"] == {"steps": 4, "lr": 0.1}
     exp["eval"] = {"reference_policies": ["other", "mine"]}
     with pytest.raises(MstError, match="unknown evaluation reference policies: mine"):
         C.eval_policies(exp, "approach1")
@@ -315,6 +324,17 @@ def test_each_training_fraction_has_its_own_split_file(tiny, tmp_path):
         assert split["test"] == u.split["test"] and set(split["train"]) <= set(u.split["train"])
     assert len(json.loads(Path(quarter.config["data"]["split_file"]).read_text())["train"]) < \
         len(json.loads(Path(half.config["data"]["split_file"]).read_text())["train"])
+
+
+def test_refine_is_refused_for_approach2_before_anything_runs(tiny, tmp_path):
+    folder, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-refine2", data)
+    text = (exp_dir / "config.yaml").read_text().replace("    train_fraction: 0.5\n",
+                                                        "    train_fraction: 0.5\n    refine: {steps: 3}\n")
+    (exp_dir / "config.yaml").write_text(text)
+    with pytest.raises(MstError, match="variant 'approach2': `refine:` needs a reference"):
+        runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    assert not (exp_dir / "results").exists()
 
 
 def test_truth_targets_are_the_true_settings_of_train_and_val_songs_only(tiny, tmp_path):
@@ -595,6 +615,29 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
     assert cached == set(F.song_names(data))
     metrics = list(csv.DictReader(open(out / "runs" / "approach1-demo-f0-s0" / "metrics.csv")))
     assert any(r.get("train/param") not in (None, "") for r in metrics)
+
+    # approach1 (refine: 2 steps): each song's setting is the network's, refined on the references it read
+    from mst_single.experiments import evaluate as E
+    from mst_single.mix import load_model
+
+    spec = json.loads((out / "runs" / "approach1-demo-f0-s0" / "unit.json").read_text())
+    assert spec["refine"] == {"steps": 2, "crops": 1}
+    assert "refine" not in json.loads((out / "runs" / "approach2-demo-f0-s0" / "unit.json").read_text())
+    model = load_model(out / "runs" / "approach1-demo-f0-s0" / "checkpoints" / "last.ckpt")[0]
+    testset = E.TestSet(**spec["eval_data"])
+    plain = E.predict_settings(model, testset, "other", progress=False)
+    refined = E.predict_settings(model, testset, "other", progress=False, refine=spec["refine"], seed=0)
+    logged = {}
+    for r in csv.DictReader(open(out / "predictions.csv")):
+        if (r["variant"], r["eval_policy"], r["fold"], r["seed"]) == ("approach1", "other", "0", "0"):
+            logged.setdefault(r["song"], {})[r["param"]] = float(r["value"])
+    for name in testset.names:
+        got = torch.tensor([[logged[name][k] for k in model.console.param_names]])
+        assert torch.allclose(got, refined[name], atol=1e-6)
+        assert (refined[name] - plain[name]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="only Approach 1"):
+        E.predict_settings(load_model(out / "runs" / "approach2-demo-f0-s0" / "checkpoints" / "last.ckpt")[0],
+                           testset, "same", progress=False, refine={"steps": 1})
 
     # results.csv: the contract's columns; every song tested exactly once per (variant, policy, seed)
     rows = list(csv.DictReader(open(out / "results.csv")))

@@ -102,6 +102,34 @@ def test_mix_approach1_with_reference(ckpts, tmp_path):
 
 
 @pytest.mark.slow
+def test_mix_refine_steps_refines_approach1_on_the_reference_and_says_so(ckpts, tmp_path, capsys):
+    raw = write(tmp_path / "raw.wav", vocal(2.5, SR, 1), SR)
+    ref = write(tmp_path / "ref.wav", vocal(3.0, SR, 2, seed=1, level=0.4), SR)
+    plain = mix_file(raw, tmp_path / "plain.wav", ckpts["approach1"], reference=ref)
+    out = tmp_path / "refined.wav"
+    rc = cli.main(["mix", str(raw), "-o", str(out), "--ckpt", str(ckpts["approach1"]), "--reference", str(ref),
+                   "--refine-steps", "5", "--refine-lr", "0.1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.with_name("refined.wav.params.json").read_text())
+    assert plain["refine"] is None
+    assert report["refine"]["steps"] == 5 and report["refine"]["lr"] == 0.1 and report["refine"]["crops"] == 2
+    # the network's setting is the same as without refinement; the refined one moved away from it
+    assert report["refine"]["network_params_normalized"] == pytest.approx(plain["params_normalized"], abs=1e-6)
+    moved = [abs(report["params_normalized"][k] - plain["params_normalized"][k]) for k in plain["params_normalized"]]
+    assert max(moved) > 1e-3
+    assert "--refine-steps" in report["provenance"]["command"]
+    assert "refined on the reference's style for 5 steps" in out.with_name("refined.wav.mixsheet.md").read_text()
+    y, sr = sf.read(out, always_2d=True)
+    assert sr == SR and y.shape == (int(2.5 * SR), 2) and np.isfinite(y).all()
+    # approach2 has no reference to refine on: refused, nothing written
+    rc = cli.main(["mix", str(raw), "-o", str(tmp_path / "a2.wav"), "--ckpt", str(ckpts["approach2"]),
+                   "--refine-steps", "5", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--refine-steps needs a reference mix" in err and str(ckpts["approach2"]) in err
+    assert not (tmp_path / "a2.wav").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("approach,with_ref,needle", [
     ("approach1", False, "pass --reference"),
     ("approach2", True, "drop --reference"),

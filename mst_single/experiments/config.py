@@ -14,6 +14,8 @@ Experiment config (its first line is the command that runs it)::
         data: [demo-adaptive]                   # optional: only these data sets
         param_targets: truth                    # optional, with model.param_loss_weight > 0: the
                                                 # oracle's fits (default) or truth.json (demo data)
+        refine: {steps: 30, lr: 0.05, crops: 2} # optional, Approach 1: at evaluation, refine each song's
+                                                # setting on its references' style (mst_single/style.py)
     eval: {reference_policies: [other]}        # optional: anything of the base to change
 
 The experiment config is deep-merged over its base (``base:``, default ``../base.yaml``; mappings
@@ -36,7 +38,8 @@ CONFIG_NAME = "config.yaml"
 COMMAND_PREFIX = "# mst-single ablate "
 from mst_single.experiments.records import BASELINES, NONE  # noqa: E402,F401 (re-exported)
 RESERVED = set(BASELINES) | {"raw", "target"}
-VARIANT_KEYS = {"configs", "overrides", "train_fraction", "description", "data", "param_targets"}
+VARIANT_KEYS = {"configs", "overrides", "train_fraction", "description", "data", "param_targets", "refine"}
+REFINE_KEYS = {"steps": int, "lr": float, "crops": int}  # style.refine_setting's test-time refinement
 TARGET_SOURCES = ("oracle", "truth")  # where the parameter targets come from (runner.prepare_targets)
 DEMO_BUILD = "mst-single demo-data {folder}"
 
@@ -153,12 +156,30 @@ def load_experiment(folder: Path) -> dict:
         if v.get("param_targets", "oracle") not in TARGET_SOURCES:
             raise MstError(f"variant {name!r}: param_targets {v['param_targets']!r} is not one of "
                            f"{', '.join(TARGET_SOURCES)}", path, "use `oracle` (fitted, any data) or `truth` (demo data)")
+        if "refine" in v:
+            v["refine"] = refine_settings(v["refine"], f"variant {name!r}", path)
         if "/" in name or name in RESERVED:
             raise MstError(f"variant name {name!r} is reserved or contains '/'", path, "rename the variant")
     unknown = set(exp.get("baselines") or []) - set(BASELINES)
     if unknown:
         raise MstError(f"unknown baselines: {', '.join(sorted(unknown))}", path, f"use some of {', '.join(BASELINES)}")
     return exp
+
+
+def refine_settings(refine, what: str, path) -> dict:
+    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops}; steps required, >= 1)."""
+    if not isinstance(refine, dict) or "steps" not in refine or set(refine) - set(REFINE_KEYS):
+        raise MstError(f"{what}: `refine:` must be a mapping with `steps` (and optionally lr, crops), got {refine!r}",
+                       path, "e.g. `refine: {steps: 30, lr: 0.05, crops: 2}`")
+    try:
+        out = {k: REFINE_KEYS[k](v) for k, v in refine.items()}
+    except (TypeError, ValueError):
+        raise MstError(f"{what}: `refine:` values must be numbers, got {refine!r}", path,
+                       "e.g. `refine: {steps: 30, lr: 0.05, crops: 2}`") from None
+    if out["steps"] < 1 or out.get("crops", 1) < 1 or out.get("lr", 1.0) <= 0:
+        raise MstError(f"{what}: `refine:` needs steps >= 1, crops >= 1 and lr > 0, got {refine!r}", path,
+                       "remove `refine:` for no refinement")
+    return out
 
 
 def budget_of(exp: dict, budget: str) -> dict:

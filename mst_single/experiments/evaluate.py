@@ -10,7 +10,9 @@ Protocol (the same for every variant and baseline of an ablation):
    ``segment_seconds``; for Approach 1 each segment's reference is chosen by the evaluation
    reference policy, deterministically, see :data:`EVAL_POLICIES`), and the song's setting is the
    per-parameter median of those predictions in the console's [0, 1] space (as ``mix`` combines
-   its segments). A baseline gives its own setting.
+   its segments). A baseline gives its own setting. A variant with ``refine:`` (Approach 1) then
+   refines each song's setting on the references its segments were given (``style.refine_setting``:
+   a few optimiser steps toward the references' style statistics; no alignment, no test target).
 3. The raw song is loudness-normalised to ``target_lufs`` as a whole (the gain of
    ``loudness.song_gain_db`` from the song's ``raw_lufs``: the same gain its segments got in step 2,
    in training, and in ``mix``) and run through the console in one go (chunked through the
@@ -255,27 +257,56 @@ def _units(console, p: torch.Tensor) -> dict:
     return {k: float(v[0]) for k, v in console.denormalize(p.detach().float().reshape(1, -1)).items()}
 
 
-def predict_settings(model, testset: TestSet, policy: str, progress: bool = True) -> dict[str, torch.Tensor]:
+def refine_song_params(model, dataset, name: str, p: torch.Tensor, refine: dict, seed: int = 0) -> torch.Tensor:
+    """``style.refine_setting`` of the song's predicted setting p (1, P) on the references its
+    test-grid segments were given (the same audio the network read), from its raw segments
+    normalised as the network saw them -> (1, P) on the CPU."""
+    from mst_single.loudness import normalize_loudness
+    from mst_single.style import refine_setting
+
+    idx = [i for i, (si, _) in enumerate(dataset.grid) if dataset.songs[si].name == name]
+    items = [dataset[i] for i in idx]
+    device = _device(model)
+    raw, _ = normalize_loudness(torch.stack([it["raw"] for it in items]).to(device), model.sample_rate,
+                                model.target_lufs, lufs=torch.stack([it["raw_lufs"] for it in items]).to(device))
+    ref = torch.stack([it["reference"] for it in items]).to(device)
+    with torch.enable_grad():
+        return refine_setting(model.console, raw, ref, p.to(device), seed=seed, **refine).cpu()
+
+
+def predict_settings(model, testset: TestSet, policy: str, progress: bool = True,
+                     refine: dict | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """{song: setting (1, P) in [0, 1]} of a trained ``VocalMST`` for every test song, references by
     ``policy`` (``same`` for Approach 2, which ignores them). A song whose every segment is below the
-    silence threshold gets the neutral setting."""
+    silence threshold gets the neutral setting. ``refine`` ({steps, lr, crops}; Approach 1): each
+    song's setting is then refined on its references' style (:func:`refine_song_params`)."""
     from mst_single.progress import progress as progress_bar
 
     if model.sample_rate != testset.sample_rate:
         raise ValueError(f"model runs at {model.sample_rate} Hz but the test set at {testset.sample_rate} Hz")
+    if refine and not model.needs_reference:
+        raise ValueError("refining a setting needs a reference: only Approach 1 models can be refined")
     model.eval()
     dataset = testset.segments(policy)
     names = {dataset.songs[si].name for si, _ in dataset.grid}
     out = {}
-    for name in progress_bar(testset.names, desc=f"predicting ({policy} refs)", unit="songs", enabled=progress,
+    what = "predicting + refining" if refine else "predicting"
+    for name in progress_bar(testset.names, desc=f"{what} ({policy} refs)", unit="songs", enabled=progress,
                              leave=False):
-        out[name] = predict_song_params(model, dataset, name) if name in names else model.console.default_params(1)
+        if name not in names:
+            out[name] = model.console.default_params(1)
+            continue
+        out[name] = predict_song_params(model, dataset, name)
+        if refine:
+            out[name] = refine_song_params(model, dataset, name, out[name], refine, seed)
     return out
 
 
-def evaluate_model(model, testset: TestSet, policy: str, keep_audio: bool = True, progress: bool = True) -> list[SongResult]:
-    """Evaluate a trained ``VocalMST`` on every test song (see the module docstring)."""
-    settings = predict_settings(model, testset, policy, progress)
+def evaluate_model(model, testset: TestSet, policy: str, keep_audio: bool = True, progress: bool = True,
+                   refine: dict | None = None, seed: int = 0) -> list[SongResult]:
+    """Evaluate a trained ``VocalMST`` on every test song (see the module docstring); ``refine``:
+    see :func:`predict_settings`."""
+    settings = predict_settings(model, testset, policy, progress, refine, seed)
     return evaluate_setting(model.console, model.target_lufs, testset, settings, keep_audio, progress,
                             desc=f"scoring ({policy} refs)", device=_device(model),
                             output_lufs=getattr(model, "output_lufs", None))

@@ -189,6 +189,10 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
         cfg["data"]["root"] = str(subset)
         cfg["data"]["split_file"] = str(subset_split_file(subset))
     approach, policy = C.approach_policy(cfg)
+    refine = exp["variants"][variant].get("refine")
+    if refine and approach != "approach1":
+        raise MstError(f"variant {variant!r}: `refine:` needs a reference, so Approach 1 (it trains {approach})",
+                       Path(exp["folder"]) / C.CONFIG_NAME, "remove `refine:` or train configs/approach1.yaml")
     targets = exp["variants"][variant].get("param_targets", "oracle") if uses_targets(cfg) else None
     if targets:  # each training song's oracle (or true) setting, written by prepare_targets before training
         cfg["data"]["param_targets"] = str(targets_file(plan.runs_dir, data, fold, targets))
@@ -206,6 +210,8 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
                 run_id=rid, approach=approach, policy=policy, eval_policies=unit.eval_policies, config=cfg,
                 eval_data=eval_data, split=split, checkpoint=(exp.get("eval") or {}).get("checkpoint", "last"),
                 train_fraction=fraction)
+    if refine:  # only when set: the hashes (and reuse) of every other run stay as they were
+        spec["refine"] = refine
     if targets:  # the targets' content depends on the oracle's fitting settings
         spec["param_targets"] = C.baseline_settings(exp, plan.budget).get("oracle") if targets == "oracle" else targets
     spec["hash"] = C.stable_hash(spec)
@@ -429,7 +435,8 @@ def worker(spec_path: Path) -> int:
     report = spec.get("report")
     for policy in spec["eval_policies"]:
         t1 = time.time()
-        results = E.evaluate_model(model, testset, "same" if policy == NONE else policy)
+        results = E.evaluate_model(model, testset, "same" if policy == NONE else policy, refine=spec.get("refine"),
+                                   seed=spec["seed"])
         rows += result_rows(spec, policy, spec["seed"], results)
         predictions += prediction_rows(spec, policy, spec["seed"], {r.song: r.setting for r in results})
         key = label_key(spec["variant"], policy)
@@ -440,7 +447,7 @@ def worker(spec_path: Path) -> int:
         print(f"evaluation ({'test' if policy == NONE else policy + ' refs'}): mrstft {m:.4f} "
               f"({time.time() - t1:.0f} s)", flush=True)
     if spec["approach"] == "approach1":  # the within-song noise floor of reference sensitivity
-        alt = E.predict_settings(model, testset, "song-alt")
+        alt = E.predict_settings(model, testset, "song-alt", refine=spec.get("refine"), seed=spec["seed"])
         predictions += prediction_rows(spec, "song-alt", spec["seed"], {
             n: dict(zip(model.console.param_names, p.reshape(-1).tolist())) for n, p in alt.items()})
     result = dict(hash=spec["hash"], experiment=spec["experiment"], budget=spec["budget"], data=spec["data"],

@@ -1,0 +1,132 @@
+"""Alignment-free style statistics, a style loss, and test-time refinement of a setting on a reference.
+
+Approach 1 gets a reference mix that is NOT time-aligned with the raw vocal (another section of the
+song's mix, or another song's). Its network reads that reference once; :func:`refine_setting` then
+moves the predicted setting a few optimiser steps so that the console's output has the reference's
+*statistics*, as Diff-MST's optimisation baseline does with its own (AudioFeatureLoss) features
+(Vanka et al., ISMIR 2024, Sec. 4). Why statistics: the same style on different notes gives
+different spectrograms but similar long-term distributions, so the loss compares distributions.
+
+Statistics (:func:`style_stats`) of a signal (batch, channels 1|2, samples), pooled over the batch:
+- ``quantiles`` (bands, Q): per log-mel band (mid = mean of the channels), quantiles of the frame
+  level in dB over all frames. Their median follows EQ and gain, their spread compression, their
+  low quantiles the noise floor and the reverb tail filling the pauses.
+- ``side`` (bands,): side-to-mid energy ratio per band in dB (the console's reverb is the only
+  stereo element: its wet level and tone show up here).
+- ``delta`` (bands, 4): per band, quantiles of the level change from one frame to the next (dB per
+  hop): how fast the level rises and falls, i.e. the compressor's attack/release and the reverb's decay.
+
+:func:`style_loss`: mean absolute difference of the quantiles (dB) + ``side_weight`` x that of the
+side ratios + ``delta_weight`` x that of the level changes, divided by 10 so that 1.0 ~ a 10 dB
+mismatch. Defaults (48 mel bands from 40 Hz, 2048-point FFT, hop 512, weights 0.5 and 1.0) were
+chosen on fold 0 of e09 (experiments/e09-refine/README.md says how).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)
+DELTA_QUANTILES = (0.03, 0.15, 0.85, 0.97)
+FLOOR_DB = -120.0  # digital silence reads this, not -inf
+
+
+def _frames_db(x: torch.Tensor, sample_rate: int, n_bands: int, n_fft: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, channels, samples) -> band powers in dB of mid and side, each (frames pooled, bands)."""
+    from mst_single.models import mel_filterbank
+
+    if x.dim() != 3 or x.shape[1] not in (1, 2):
+        raise ValueError(f"expected (batch, 1|2, samples), got {tuple(x.shape)}")
+    mid = x.mean(1)
+    side = (x[:, 0] - x[:, 1]) / 2 if x.shape[1] == 2 else torch.zeros_like(mid)
+    window = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
+    fb = torch.as_tensor(mel_filterbank(sample_rate, n_fft, n_bands, f_min=40.0)).to(x)
+    out = []
+    for s in (mid, side):
+        spec = torch.stft(s, n_fft, hop, window=window, center=True, return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2  # (batch, bins, frames)
+        bands = torch.matmul(fb, power).transpose(1, 2).reshape(-1, n_bands)  # (batch * frames, bands)
+        out.append(10.0 * torch.log10(bands + 10 ** (FLOOR_DB / 10)))
+    return out[0], out[1]
+
+
+def style_stats(x: torch.Tensor, sample_rate: int, n_bands: int = 48, n_fft: int = 2048,
+                hop: int | None = None, quantiles=QUANTILES) -> dict[str, torch.Tensor]:
+    """Alignment-free statistics of x (batch, channels 1|2, samples), pooled over batch and frames.
+
+    Returns {"quantiles": (n_bands, len(quantiles)) dB, "side": (n_bands,) dB side/mid energy ratio,
+    "delta": (n_bands, len(DELTA_QUANTILES)) dB per hop}.
+    Differentiable in x. ``n_fft`` (default 2048: 46 ms at 44.1 kHz), hop ``n_fft // 4``.
+    """
+    b = x.shape[0]
+    mid_db, side_db = _frames_db(x, sample_rate, n_bands, n_fft, hop or n_fft // 4)
+    qs = torch.tensor(quantiles, dtype=mid_db.dtype, device=mid_db.device)
+    q = torch.quantile(mid_db, qs, dim=0).T
+    # level change from one frame to the next, within each item: attack/release and reverb decay
+    frames = mid_db.reshape(b, -1, n_bands)
+    delta = (frames[:, 1:] - frames[:, :-1]).reshape(-1, n_bands)
+    dq = torch.quantile(delta, torch.tensor(DELTA_QUANTILES, dtype=delta.dtype, device=delta.device), dim=0).T
+    mean_mid = torch.logsumexp(mid_db * (np.log(10) / 10), 0)
+    mean_side = torch.logsumexp(side_db * (np.log(10) / 10), 0)
+    return {"quantiles": q, "side": (mean_side - mean_mid) * (10 / np.log(10)), "delta": dq}
+
+
+def style_loss(output: dict[str, torch.Tensor], target: dict[str, torch.Tensor], side_weight: float = 0.5,
+               delta_weight: float = 1.0) -> torch.Tensor:
+    """Distance between two :func:`style_stats` results (scalar; 1.0 ~ 10 dB average mismatch)."""
+    q = (output["quantiles"] - target["quantiles"]).abs().mean()
+    side = (output["side"].clamp(min=-60) - target["side"].clamp(min=-60)).abs().mean()
+    delta = (output["delta"] - target["delta"]).abs().mean()
+    return (q + side_weight * side + delta_weight * delta) / 10.0
+
+
+class StyleLoss(nn.Module):
+    """:func:`style_loss` between ``output`` (batch, channels, samples) and fixed reference statistics
+    (computed once from the reference audio (batch, channels, samples) with :func:`style_stats`)."""
+
+    def __init__(self, reference: torch.Tensor, sample_rate: int, n_bands: int = 48, side_weight: float = 0.5,
+                 delta_weight: float = 1.0):
+        super().__init__()
+        self.sample_rate, self.n_bands, self.side_weight = int(sample_rate), int(n_bands), float(side_weight)
+        self.delta_weight = float(delta_weight)
+        with torch.no_grad():
+            self.target = style_stats(reference.float(), self.sample_rate, self.n_bands)
+
+    def forward(self, output: torch.Tensor, _target=None) -> dict[str, torch.Tensor]:
+        loss = style_loss(style_stats(output, self.sample_rate, self.n_bands), self.target, self.side_weight,
+                          self.delta_weight)
+        return {"loss": loss}
+
+
+def refine_setting(console, raw: torch.Tensor, reference: torch.Tensor, init: torch.Tensor, steps: int,
+                   lr: float = 0.05, crops: int = 4, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """Refine a setting on the reference's style: Adam on the setting's logits, ``steps`` steps of
+    :class:`StyleLoss` between ``console(raw crops, p)`` and the whole reference.
+
+    Args:
+        console: a ``VocalConsole``.
+        raw: (n, 1, samples) loudness-normalised raw segments of the song (as the network saw them).
+        reference: (m, 2, samples) reference segments (their statistics are pooled once).
+        init: (1, P) starting setting in [0, 1] (the network's prediction).
+        steps: optimiser steps (0: return ``init``); crops: raw segments per step (seeded draw).
+
+    Returns:
+        (1, P) refined setting in [0, 1], detached.
+    """
+    from mst_single.experiments.baselines import fit_setting
+
+    if steps <= 0:
+        return init.detach().reshape(1, -1)
+    loss_fn = StyleLoss(reference, console.sample_rate)
+    g = torch.Generator().manual_seed(int(seed))
+    k = min(int(crops), raw.shape[0])
+
+    def batches(step):
+        idx = torch.randperm(raw.shape[0], generator=g)[:k]
+        return raw[idx], None
+
+    # patience > steps: a fixed number of steps, so that its cost is known
+    p, _ = fit_setting(console, batches, max_steps=int(steps), lr=float(lr), patience=int(steps) + 1,
+                       min_delta=0.0, init=init, loss_fn=loss_fn, desc="refining", progress=progress)
+    return p

@@ -1,0 +1,85 @@
+"""mst_single.style: alignment-free style statistics, the style loss, and test-time refinement."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mst_single.console import VocalConsole
+from mst_single.style import DELTA_QUANTILES, QUANTILES, StyleLoss, refine_setting, style_loss, style_stats
+
+SR = 16000
+
+
+def sung(seconds: float, seed: int, f0: float = 200.0) -> torch.Tensor:
+    """(1, samples) harmonics with syllable gaps and a little noise (a different take per seed)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f = f0 * (1 + 0.02 * rng.standard_normal()) * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))
+    ph = 2 * np.pi * np.cumsum(f) / SR
+    env = np.clip(np.sin(2 * np.pi * (1.3 + 0.2 * rng.random()) * t + rng.random() * 6), 0, None) ** 0.5
+    x = 0.1 * env * sum(np.sin(k * ph) / k for k in range(1, 12)) + 1e-3 * rng.standard_normal(t.size)
+    return torch.tensor(x, dtype=torch.float32)[None]
+
+
+def test_stats_shapes_and_what_they_follow():
+    x = torch.stack([sung(1.0, s) for s in range(3)])  # (3, 1, T)
+    st = style_stats(x, SR, n_bands=16, n_fft=512)
+    assert st["quantiles"].shape == (16, len(QUANTILES)) and st["side"].shape == (16,)
+    assert st["delta"].shape == (16, len(DELTA_QUANTILES))
+    assert (st["quantiles"].diff(dim=1) >= 0).all()  # quantiles are ordered
+    louder = style_stats(2 * x, SR, n_bands=16, n_fft=512)
+    assert torch.allclose(louder["quantiles"] - st["quantiles"], torch.full_like(st["quantiles"], 20 * math.log10(2)),
+                          atol=0.05)
+    assert torch.allclose(louder["delta"], st["delta"], atol=1e-3)  # level changes do not depend on the level
+    # a slower decay (a longer tail) shows in the falling level changes
+    tail = torch.nn.functional.conv1d(x, torch.exp(-torch.arange(4000.0) / 1500)[None, None].flip(-1), padding=3999)
+    slow = style_stats(tail[..., :x.shape[-1]], SR, 16, 512)["delta"]
+    voiced = st["quantiles"][:, 3] > st["quantiles"][:, 3].max() - 30  # bands holding the harmonics, not the noise
+    assert voiced.sum() >= 4 and slow[voiced, 0].mean() > st["delta"][voiced, 0].mean() + 0.3
+    # side/mid: identical channels have no side (the loss clamps the ratio at -60 dB)
+    assert (style_stats(x.repeat(1, 2, 1), SR, 16, 512)["side"] < -60).all()
+    wide = torch.cat([x, 0.5 * x], 1)  # side = x/4, mid = 3x/4: 20 log10(1/3) dB in every band
+    assert torch.allclose(style_stats(wide, SR, 16, 512)["side"], torch.full((16,), 20 * math.log10(1 / 3)), atol=0.05)
+    with pytest.raises(ValueError, match="expected"):
+        style_stats(x[:, 0], SR)
+
+
+def test_style_loss_ignores_alignment_but_not_style():
+    a = sung(6.0, 0)[None]
+    shifted = torch.roll(a, 4000, dims=-1)  # the same take, a quarter second later
+    ref = StyleLoss(a.repeat(1, 2, 1), SR)
+    assert ref(a.repeat(1, 2, 1))["loss"].item() < 1e-6
+    louder = ref((2 * a).repeat(1, 2, 1))["loss"].item()  # +6 dB is a different style
+    assert louder > 0.4 and ref(shifted.repeat(1, 2, 1))["loss"].item() < 0.25 * louder
+    # gradients reach the signal
+    y = a.repeat(1, 2, 1).clone().requires_grad_(True)
+    style_loss(style_stats(1.5 * y, SR), ref.target).backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+def test_refine_moves_a_setting_toward_the_references_style():
+    console = VocalConsole(SR)
+    names = console.param_names
+    start = console.default_params(1)
+    true = start.clone()
+    true[0, names.index("output_gain_db")] = 0.85  # louder
+    true[0, names.index("eq_high_shelf_gain_db")] = 0.9  # brighter
+    true[0, names.index("reverb_wet_db")] = 0.7  # wetter
+    raw = torch.stack([sung(1.0, s) for s in range(4)])  # the song being mixed
+    with torch.no_grad():  # the reference: OTHER sections of the same style (not aligned with raw)
+        ref = console(torch.stack([sung(1.0, s) for s in range(10, 14)]), true.expand(4, -1))
+    loss = StyleLoss(ref, SR)
+    with torch.no_grad():
+        before = loss(console(raw, start.expand(4, -1)))["loss"].item()
+    p = refine_setting(console, raw, ref, start, steps=40, lr=0.1, crops=2, seed=0)
+    with torch.no_grad():
+        after = loss(console(raw, p.expand(4, -1)))["loss"].item()
+    assert p.shape == start.shape and ((p >= 0) & (p <= 1)).all()
+    assert after < 0.5 * before
+    for k in ("output_gain_db", "eq_high_shelf_gain_db", "reverb_wet_db"):
+        i = names.index(k)
+        assert abs(p[0, i] - true[0, i]) < abs(start[0, i] - true[0, i]), k
+    # seeded: the same call gives the same setting; 0 steps gives the start back
+    assert torch.equal(p, refine_setting(console, raw, ref, start, steps=40, lr=0.1, crops=2, seed=0))
+    assert torch.equal(refine_setting(console, raw, ref, start, steps=0), start)
