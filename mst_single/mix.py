@@ -267,7 +267,8 @@ def mixsheet(report: dict) -> str:
         f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
         f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
         "normalised [0, 1] space (robust to outlier segments)"
-        + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
+        + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`) "
+           "and its output level set to the reference's loudness"
            if r.get("refine") else ""),
         f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS"
         + (f", normalised to the house loudness {r['output_lufs']:.1f} LUFS by the output gain"
@@ -305,7 +306,7 @@ class _Progress:
 def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
              progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
-             refine_lr: float = 0.05, refine_crops: int = 2) -> dict:
+             refine_lr: float = 0.05, refine_crops: int = 4) -> dict:
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
     Args:
@@ -319,9 +320,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         block_size: samples per streaming block (memory is bounded by it, not by the file length).
         progress: show a progress bar (stderr).
         refine_steps: Approach 1: after the network, this many optimiser steps move the setting so that
-            the chain's output on the raw segments has the reference's style statistics
-            (``style.refine_setting``; 0: the network's setting as it is). refine_lr: Adam's step on the
-            setting's logits; refine_crops: raw segments per step.
+            the chain's output on the raw segments has the reference's style statistics, then the
+            output gain is set so that their loudness is the reference segments' (``style.refine_setting``;
+            0: the network's setting as it is). refine_lr: Adam's step on the setting's logits;
+            refine_crops: raw segments per step.
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
@@ -508,7 +510,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="approach1: refine the predicted setting on the reference's style for N optimiser "
                              "steps (experiments/e09-refine; ~0.1-0.2 s a step on a CPU core; default 0: off)")
     parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
-    parser.add_argument("--refine-crops", type=int, default=2, help="raw segments per refinement step")
+    parser.add_argument("--refine-crops", type=int, default=4, help="raw segments per refinement step (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

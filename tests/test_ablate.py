@@ -182,7 +182,8 @@ def test_bad_experiment_configs_are_explained(tmp_path):
     with pytest.raises(MstError, match="unknown budget 'huge'"):
         C.variant_config(exp, "a", "huge", "d")
     for bad, needle in [("{steps: 0}", "steps >= 1"), ("{lr: 0.1}", "with `steps`"), ("{steps: 3, tries: 2}", "with `steps`"),
-                        ("{steps: many}", "must be numbers"), ("30", "must be a mapping")]:
+                        ("{steps: many}", "must be numbers"), ("30", "must be a mapping"),
+                        ("{steps: 3, match_level: 'no'}", "match_level: true/false")]:
         (tmp_path / "config.yaml").write_text(head + f"variants: {{a: {{configs: [x.yaml], refine: {bad}}}}}\n")
         with pytest.raises(MstError, match=needle):
             C.load_experiment(tmp_path)

@@ -112,13 +112,13 @@ def test_mix_refine_steps_refines_approach1_on_the_reference_and_says_so(ckpts, 
     assert rc == 0, capsys.readouterr().err
     report = json.loads(out.with_name("refined.wav.params.json").read_text())
     assert plain["refine"] is None
-    assert report["refine"]["steps"] == 5 and report["refine"]["lr"] == 0.1 and report["refine"]["crops"] == 2
+    assert report["refine"]["steps"] == 5 and report["refine"]["lr"] == 0.1 and report["refine"]["crops"] == 4
     # the network's setting is the same as without refinement; the refined one moved away from it
     assert report["refine"]["network_params_normalized"] == pytest.approx(plain["params_normalized"], abs=1e-6)
     moved = [abs(report["params_normalized"][k] - plain["params_normalized"][k]) for k in plain["params_normalized"]]
     assert max(moved) > 1e-3
     assert "--refine-steps" in report["provenance"]["command"]
-    assert "refined on the reference's style for 5 steps" in out.with_name("refined.wav.mixsheet.md").read_text()
+    assert "refined on the reference's style for 5 steps (`--refine-steps`) and its output level set to the reference's" in out.with_name("refined.wav.mixsheet.md").read_text()
     y, sr = sf.read(out, always_2d=True)
     assert sr == SR and y.shape == (int(2.5 * SR), 2) and np.isfinite(y).all()
     # approach2 has no reference to refine on: refused, nothing written

@@ -83,3 +83,25 @@ def test_refine_moves_a_setting_toward_the_references_style():
     # seeded: the same call gives the same setting; 0 steps gives the start back
     assert torch.equal(p, refine_setting(console, raw, ref, start, steps=40, lr=0.1, crops=2, seed=0))
     assert torch.equal(refine_setting(console, raw, ref, start, steps=0), start)
+
+
+def test_match_reference_loudness_lands_the_output_at_the_references_loudness():
+    from mst_single.loudness import integrated_loudness
+    from mst_single.style import match_reference_loudness
+
+    console = VocalConsole(SR)
+    raw = torch.stack([sung(1.0, s) for s in range(4)])
+    p = console.default_params(1)
+    loud = p.clone()
+    loud[0, console.param_names.index("output_gain_db")] = 0.8
+    with torch.no_grad():
+        ref = console(torch.stack([sung(1.0, s) for s in range(20, 23)]), loud.expand(3, -1))
+    joined = lambda x: x.permute(1, 0, 2).reshape(x.shape[1], -1).numpy()  # noqa: E731
+    moved = match_reference_loudness(console, raw, ref, p)
+    with torch.no_grad():
+        before = integrated_loudness(joined(console(raw, p.expand(4, -1))), SR)
+        after = integrated_loudness(joined(console(raw, moved.expand(4, -1))), SR)
+    target = integrated_loudness(joined(ref), SR)
+    assert abs(before - target) > 3 and abs(after - target) < 0.05
+    others = [i for i, k in enumerate(console.param_names) if k != "output_gain_db"]
+    assert torch.equal(moved[0, others], p[0, others])  # only the output gain moves

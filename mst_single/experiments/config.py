@@ -14,7 +14,7 @@ Experiment config (its first line is the command that runs it)::
         data: [demo-adaptive]                   # optional: only these data sets
         param_targets: truth                    # optional, with model.param_loss_weight > 0: the
                                                 # oracle's fits (default) or truth.json (demo data)
-        refine: {steps: 30, lr: 0.05, crops: 2} # optional, Approach 1: at evaluation, refine each song's
+        refine: {steps: 30, crops: 4}           # optional, Approach 1: at evaluation, refine each song's
                                                 # setting on its references' style (mst_single/style.py)
     eval: {reference_policies: [other]}        # optional: anything of the base to change
 
@@ -39,7 +39,15 @@ COMMAND_PREFIX = "# mst-single ablate "
 from mst_single.experiments.records import BASELINES, NONE  # noqa: E402,F401 (re-exported)
 RESERVED = set(BASELINES) | {"raw", "target"}
 VARIANT_KEYS = {"configs", "overrides", "train_fraction", "description", "data", "param_targets", "refine"}
-REFINE_KEYS = {"steps": int, "lr": float, "crops": int}  # style.refine_setting's test-time refinement
+
+
+def _bool(v) -> bool:
+    if not isinstance(v, bool):  # bool("false") is True: a typo must not switch a setting on
+        raise ValueError(v)
+    return v
+
+
+REFINE_KEYS = {"steps": int, "lr": float, "crops": int, "match_level": _bool}  # style.refine_setting's arguments
 TARGET_SOURCES = ("oracle", "truth")  # where the parameter targets come from (runner.prepare_targets)
 DEMO_BUILD = "mst-single demo-data {folder}"
 
@@ -167,15 +175,15 @@ def load_experiment(folder: Path) -> dict:
 
 
 def refine_settings(refine, what: str, path) -> dict:
-    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops}; steps required, >= 1)."""
+    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops, match_level}; steps >= 1 required)."""
     if not isinstance(refine, dict) or "steps" not in refine or set(refine) - set(REFINE_KEYS):
-        raise MstError(f"{what}: `refine:` must be a mapping with `steps` (and optionally lr, crops), got {refine!r}",
-                       path, "e.g. `refine: {steps: 30, lr: 0.05, crops: 2}`")
+        raise MstError(f"{what}: `refine:` must be a mapping with `steps` (and optionally lr, crops, match_level), "
+                       f"got {refine!r}", path, "e.g. `refine: {steps: 30, lr: 0.05, crops: 4}`")
     try:
         out = {k: REFINE_KEYS[k](v) for k, v in refine.items()}
     except (TypeError, ValueError):
-        raise MstError(f"{what}: `refine:` values must be numbers, got {refine!r}", path,
-                       "e.g. `refine: {steps: 30, lr: 0.05, crops: 2}`") from None
+        raise MstError(f"{what}: `refine:` values must be numbers (match_level: true/false), got {refine!r}", path,
+                       "e.g. `refine: {steps: 30, lr: 0.05, crops: 4}`") from None
     if out["steps"] < 1 or out.get("crops", 1) < 1 or out.get("lr", 1.0) <= 0:
         raise MstError(f"{what}: `refine:` needs steps >= 1, crops >= 1 and lr > 0, got {refine!r}", path,
                        "remove `refine:` for no refinement")
