@@ -32,7 +32,8 @@ DELTA_QUANTILES = (0.03, 0.15, 0.85, 0.97)
 FLOOR_DB = -120.0  # digital silence reads this, not -inf
 
 
-def _frames_db(x: torch.Tensor, sample_rate: int, n_bands: int, n_fft: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _frames_db(x: torch.Tensor, sample_rate: int, n_bands: int, n_fft: int,
+               hop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, channels, samples) -> band powers in dB of mid and side, each (frames pooled, bands)."""
     from mst_single.models import mel_filterbank
 
@@ -109,7 +110,8 @@ def match_reference_loudness(console, raw: torch.Tensor, reference: torch.Tensor
         out = console(raw, p.to(raw).expand(raw.shape[0], -1))
     joined = lambda x: x.detach().float().cpu().permute(1, 0, 2).reshape(x.shape[1], -1).numpy()  # noqa: E731
     sr = console.sample_rate
-    return console.output_gain_to(p, integrated_loudness(joined(out), sr), integrated_loudness(joined(reference), sr))[0]
+    measured, wanted = integrated_loudness(joined(out), sr), integrated_loudness(joined(reference), sr)
+    return console.output_gain_to(p, measured, wanted)[0]
 
 
 def refine_setting(console, raw: torch.Tensor, reference: torch.Tensor, init: torch.Tensor, steps: int,

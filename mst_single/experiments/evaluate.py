@@ -278,8 +278,8 @@ def predict_settings(model, testset: TestSet, policy: str, progress: bool = True
                      refine: dict | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """{song: setting (1, P) in [0, 1]} of a trained ``VocalMST`` for every test song, references by
     ``policy`` (``same`` for Approach 2, which ignores them). A song whose every segment is below the
-    silence threshold gets the neutral setting. ``refine`` ({steps, lr, crops}; Approach 1): each
-    song's setting is then refined on its references' style (:func:`refine_song_params`)."""
+    silence threshold gets the neutral setting. ``refine`` ({steps, lr, crops, match_level};
+    Approach 1): each song's setting is then refined on its references' style (:func:`refine_song_params`)."""
     from mst_single.progress import progress as progress_bar
 
     if model.sample_rate != testset.sample_rate:
