@@ -508,7 +508,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK, help="samples per streaming block")
     parser.add_argument("--refine-steps", type=int, default=0,
                         help="approach1: refine the predicted setting on the reference's style for N optimiser "
-                             "steps (experiments/e09-refine; ~0.1-0.2 s a step on a CPU core; default 0: off)")
+                             "steps (experiments/e09-refine; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off)")
     parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
     parser.add_argument("--refine-crops", type=int, default=4, help="raw segments per refinement step (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

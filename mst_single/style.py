@@ -3,8 +3,9 @@
 Approach 1 gets a reference mix that is NOT time-aligned with the raw vocal (another section of the
 song's mix, or another song's). Its network reads that reference once; :func:`refine_setting` then
 moves the predicted setting a few optimiser steps so that the console's output has the reference's
-*statistics*, as Diff-MST's optimisation baseline does with its own (AudioFeatureLoss) features
-(Vanka et al., ISMIR 2024, Sec. 4). Why statistics: the same style on different notes gives
+*statistics*. Diff-MST (Vanka et al., ISMIR 2024) compares a mix with an unaligned reference the same
+way, through differentiable production features (its ``AudioFeatureLoss``); here such a comparison is
+used at test time, with our own statistics. Why statistics: the same style on different notes gives
 different spectrograms but similar long-term distributions, so the loss compares distributions.
 
 Statistics (:func:`style_stats`) of a signal (batch, channels 1|2, samples), pooled over the batch:
