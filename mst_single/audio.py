@@ -397,6 +397,9 @@ class SongInfo:
     # silence: the ONE measurement every input normalisation uses (training segments, evaluation,
     # baselines and `mix`, which measures the same quantity the same way), see loudness.song_gain_db.
     raw_lufs: float | None = None
+    # The take descriptors of the whole native raw file (mst_single.descriptors), measured only when a
+    # model asks for them (model.take_descriptors), then kept here; not part of the alignment cache.
+    descriptors: list | None = None
 
     @property
     def seconds(self) -> float:
@@ -594,6 +597,20 @@ def song_loudness(song: SongInfo) -> float:
     if song.raw_lufs is None:
         song.raw_lufs = round(float(scan_file(song.raw_info(), "raw", mono_loudness=True)[2]), 4)
     return song.raw_lufs
+
+
+def song_descriptors(song: SongInfo) -> np.ndarray:
+    """`song.descriptors` (13,) float32 of the whole native raw file (mono downmix, its own rate; the
+    same numbers `mix` measures), computed now (and kept on `song`) if not yet known."""
+    if song.descriptors is None:
+        from mst_single.descriptors import DescriptorMeter
+
+        info = song.raw_info()
+        meter = DescriptorMeter(info.sample_rate)
+        for x in native_blocks(info):
+            meter.update(x.mean(axis=0))
+        song.descriptors = [float(v) for v in meter.result()]
+    return np.asarray(song.descriptors, np.float32)
 
 
 def load_aligned(song: SongInfo) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import torch
 
 from mst_single.audio import (AUDIO_SUFFIXES, SongInfo, SongPair, estimate_lag, find_pairs,  # noqa: F401 (API)
                               index_pairs, index_songs, lag_search, load_aligned, load_audio, prepare_song,
-                              read_segment, song_loudness)
+                              read_segment, song_descriptors, song_loudness)
 from mst_single.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -149,8 +149,9 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
     Item: dict(raw=(1, T) float32 tensor, mixed=(2, T) aligned with raw, reference=(2, T) mixed
     vocal used as reference, raw_lufs=() float32 tensor (integrated loudness of the whole raw song,
     LUFS: the model normalises every segment of a song by the same gain, as `mix` does), song=str,
-    start=int (samples, aligned timeline), reference_song=str, reference_start=int),
-    T = round(segment_seconds * sample_rate).
+    start=int (samples, aligned timeline), reference_song=str, reference_start=int), plus with
+    `descriptors=True` descriptors=(13,) float32 (the whole raw song's take descriptors,
+    `mst_single.descriptors`), T = round(segment_seconds * sample_rate).
 
     Segments whose raw RMS is below `silence_threshold_db` (dBFS) are never used. Training
     (`split="train"`): each index gives a random song/position (uniform over non-silent positions)
@@ -172,7 +173,8 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_file: str | None = None,
                  max_lag_seconds: float = 0.5, allow_unmatched: bool = False, segments_per_epoch: int | None = None,
                  cache_dir: str | None = None, silence_threshold_db: float = -50.0, seed: int | None = None,
-                 songs: list[SongInfo] | None = None, param_targets: dict[str, np.ndarray] | None = None):
+                 songs: list[SongInfo] | None = None, param_targets: dict[str, np.ndarray] | None = None,
+                 descriptors: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if reference_policy not in POLICIES:
@@ -228,6 +230,8 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
             warnings.warn(f"the {split} split has no usable songs", stacklevel=2)
         # every song must have a target (VocalDataModule checks that, naming the targets file)
         self.targets = None if param_targets is None else [torch.from_numpy(param_targets[s.name]) for s in self.songs]
+        # measured once per song here (not per item, and before loader workers fork)
+        self.descriptors = [torch.from_numpy(song_descriptors(s)) for s in self.songs] if descriptors else None
 
     def _positions(self, s: SongInfo) -> tuple[np.ndarray, list[int]]:
         """(hop indices of non-silent training starts, non-silent eval grid starts in samples)."""
@@ -295,6 +299,8 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
                     reference_song=self.songs[ri].name, reference_start=int(rstart))
         if self.targets is not None:  # the oracle setting of the song whose mix is the target
             item["target_params"] = self.targets[i]
+        if self.descriptors is not None:
+            item["descriptors"] = self.descriptors[i]
         return item
 
 
@@ -320,6 +326,8 @@ class VocalDataModule(pl.LightningDataModule):
         silence_threshold_db: segments whose raw RMS is below this (dBFS) are skipped.
         param_targets: JSON of each training/validation song's oracle setting (`read_param_targets`);
             items then carry `target_params` for the model's auxiliary loss (`model.param_loss_weight`).
+        take_descriptors: items carry the song's take descriptors (`descriptors`); set by the CLI from
+            `model.take_descriptors`, not in the YAML.
     """
 
     def __init__(self, root: str, sample_rate: int = 48000, segment_seconds: float = 4.0, batch_size: int = 4,
@@ -328,7 +336,8 @@ class VocalDataModule(pl.LightningDataModule):
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_file: str | None = None,
                  max_lag_seconds: float = 0.5, allow_unmatched: bool = False,
                  train_segments_per_epoch: int | None = None, cache_dir: str | None = None,
-                 silence_threshold_db: float = -50.0, param_targets: str | None = None):
+                 silence_threshold_db: float = -50.0, param_targets: str | None = None,
+                 take_descriptors: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.root, self.sample_rate, self.segment_seconds = root, int(sample_rate), segment_seconds
@@ -374,7 +383,8 @@ class VocalDataModule(pl.LightningDataModule):
                     reference_policy=h.reference_policy if split == "train" else h.eval_reference_policy,
                     split_seed=h.split_seed, segments_per_epoch=h.train_segments_per_epoch,
                     silence_threshold_db=h.silence_threshold_db, songs=self.splits[split],
-                    param_targets=self._targets if split in ("train", "val") else None)
+                    param_targets=self._targets if split in ("train", "val") else None,
+                    descriptors=h.take_descriptors)
 
     def _loader(self, split: str):
         ds = self.datasets.get(split)

@@ -129,17 +129,22 @@ def _blocks(path, info, block: int):
                         "re-export the file from your audio editor as WAV or FLAC") from e
 
 
-def analyse(path, info, block: int = DEFAULT_BLOCK, bar=None) -> dict:
-    """First pass over a file (mono downmix): integrated loudness (LUFS) and a 100 ms RMS envelope (dBFS)."""
+def analyse(path, info, block: int = DEFAULT_BLOCK, bar=None, descriptors: bool = False) -> dict:
+    """First pass over a file (mono downmix): integrated loudness (LUFS), a 100 ms RMS envelope (dBFS)
+    and, with `descriptors`, the take descriptors of the whole file (`mst_single.descriptors`)."""
+    from mst_single.descriptors import DescriptorMeter
     from mst_single.loudness import StreamingLoudness
 
     meter = StreamingLoudness(info.sample_rate, 1)
+    dmeter = DescriptorMeter(info.sample_rate) if descriptors else None
     hop = max(1, int(round(ENVELOPE_SECONDS * info.sample_rate)))
     energies, carry, peak = [], np.zeros(0, np.float64), 0.0
     for _, x in _blocks(path, info, block):
         mono = x.mean(axis=0, keepdims=True)
         peak = max(peak, float(np.abs(x).max()))
         meter.update(mono)
+        if dmeter is not None:
+            dmeter.update(mono[0])
         sq = np.concatenate([carry, mono[0].astype(np.float64) ** 2])
         n = len(sq) // hop
         if n:
@@ -150,7 +155,8 @@ def analyse(path, info, block: int = DEFAULT_BLOCK, bar=None) -> dict:
     if len(carry):
         energies.append(np.array([carry.mean()]))
     env = np.concatenate(energies) if energies else np.zeros(1)
-    return {"lufs": meter.integrated(), "env_db": 10 * np.log10(np.maximum(env, 1e-14)), "hop": hop, "peak": peak}
+    return {"lufs": meter.integrated(), "env_db": 10 * np.log10(np.maximum(env, 1e-14)), "hop": hop, "peak": peak,
+            "descriptors": dmeter.result() if dmeter is not None and dmeter.samples else None}
 
 
 def choose_segments(env_db: np.ndarray, hop: int, frames: int, seg_len: int, k: int, path) -> list[int]:
@@ -332,6 +338,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     from mst_single import provenance
     from mst_single.audio import audio_info
     from mst_single.console import VocalConsole
+    from mst_single.descriptors import DESCRIPTOR_NAMES
 
     raw_path, out_path = Path(raw_path), Path(out_path)
     model, meta = load_model(ckpt)
@@ -361,7 +368,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     bar = _Progress(total, f"mix {raw_path.name}", progress)
     with bar:
         # pass 1: loudness + where the singing is
-        ana = analyse(raw_path, info, block_size, bar)
+        take = bool(getattr(model, "take_descriptors", False))
+        ana = analyse(raw_path, info, block_size, bar, descriptors=take)
         if ana["peak"] >= 10 ** (-0.01 / 20):
             print(f"warning: {raw_path}: peak {20 * math.log10(ana['peak']):+.2f} dBFS: the raw vocal is probably "
                   "clipped; the mix keeps the distortion", file=sys.stderr)
@@ -382,7 +390,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         with torch.no_grad():
             # every segment by the whole file's gain, as in training (SongInfo.raw_lufs is this measurement)
             per_seg = model.predict_params(raw_segs, ref_segs,
-                                           raw_lufs=torch.full((raw_segs.shape[0],), ana["lufs"])).float()
+                                           raw_lufs=torch.full((raw_segs.shape[0],), ana["lufs"]),
+                                           descriptors=torch.from_numpy(ana["descriptors"]) if take else None).float()
         if not torch.isfinite(per_seg).all():
             raise MstError("the model predicted NaN/Inf parameters for this input", ckpt,
                            "check the checkpoint (was its training stable?) and the input file")
@@ -470,6 +479,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 "units": {k: specs[k].unit for k in units},
                 "params_normalized": {k: float(v) for k, v in zip(model.console.param_names, p[0].tolist())},
                 "combine": "median over segments, per parameter, in the normalised [0, 1] space",
+                # what the model read of the whole take (model.take_descriptors), null when it reads none
+                "take_descriptors": (dict(zip(DESCRIPTOR_NAMES, ana["descriptors"].tolist())) if take else None),
                 "refine": ({"steps": int(refine_steps), "lr": float(refine_lr), "crops": int(refine_crops),
                             "network_params_normalized": dict(zip(model.console.param_names, p_network[0].tolist()))}
                            if refine_steps else None),

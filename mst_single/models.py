@@ -5,7 +5,7 @@
 - :class:`ReferenceController` (``approach1``): raw vocal + a mixed reference -> parameters.
 - :class:`DirectController` (``approach2``): raw vocal only -> the learned house style.
 
-Both share :class:`Controller`'s interface ``forward(raw, reference=None) -> (batch, P)`` and
+Both share :class:`Controller`'s interface ``forward(raw, reference=None, descriptors=None) -> (batch, P)`` and
 ``needs_reference``, so training, evaluation and ``mix`` never branch on the approach except to
 decide whether to load a reference.
 
@@ -201,12 +201,32 @@ class Controller(nn.Module):
     approach: str = ""
     needs_reference: bool = False
 
-    def __init__(self, num_params: int, sample_rate: int, encoder: dict | None = None):
+    def __init__(self, num_params: int, sample_rate: int, encoder: dict | None = None, num_descriptors: int = 0):
         super().__init__()
         if int(num_params) < 1:
             raise ValueError(f"num_params must be >= 1, got {num_params}")
         self.num_params, self.sample_rate = int(num_params), int(sample_rate)
         self.encoder = AudioEncoder(sample_rate=sample_rate, **(encoder or {}))
+        self.num_descriptors = int(num_descriptors)
+        self.descriptor_head = None
+        if self.num_descriptors > 0:
+            # A linear map from the standardised take descriptors to the logits, added to the head's.
+            # Zero at the start, so the network begins exactly as it would without them; the audio
+            # loss then moves each setting with the descriptors that predict it (experiments/e10).
+            # skip_init draws nothing from the RNG: a seed gives the same network with or without them.
+            self.descriptor_head = nn.utils.skip_init(nn.Linear, self.num_descriptors, self.num_params)
+            nn.init.zeros_(self.descriptor_head.weight)
+            nn.init.zeros_(self.descriptor_head.bias)
+
+    def _logits(self, logits: torch.Tensor, descriptors: torch.Tensor | None) -> torch.Tensor:
+        if self.descriptor_head is None:
+            if descriptors is not None:
+                raise ValueError("this controller takes no take descriptors (built with num_descriptors=0)")
+            return logits
+        if descriptors is None or descriptors.shape != (logits.shape[0], self.num_descriptors):
+            got = None if descriptors is None else tuple(descriptors.shape)
+            raise ValueError(f"descriptors must have shape ({logits.shape[0]}, {self.num_descriptors}), got {got}")
+        return logits + self.descriptor_head(descriptors.to(logits))
 
     def _check(self, raw: torch.Tensor, reference: torch.Tensor | None) -> None:
         if raw.dim() != 3 or raw.shape[1] not in (1, 2):
@@ -226,7 +246,10 @@ class Controller(nn.Module):
             if reference.shape[0] != raw.shape[0]:
                 raise ValueError(f"raw has batch {raw.shape[0]} but reference has batch {reference.shape[0]}")
 
-    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
+                descriptors: torch.Tensor | None = None) -> torch.Tensor:
+        """``descriptors`` (batch, num_descriptors): standardised take descriptors, needed exactly
+        when the controller was built with ``num_descriptors`` > 0."""
         raise NotImplementedError
 
 
@@ -248,12 +271,13 @@ class ReferenceController(Controller):
 
     def __init__(self, num_params: int, sample_rate: int = 48000, encoder: dict | None = None,
                  hidden: int = 256, dropout: float = 0.1, init_params: Sequence[float] | None = None,
-                 head_init_scale: float = 1.0):
-        super().__init__(num_params, sample_rate, encoder)
+                 head_init_scale: float = 1.0, num_descriptors: int = 0):
+        super().__init__(num_params, sample_rate, encoder, num_descriptors)
         e = self.encoder.embed_dim
         self.head = _mlp(3 * e, hidden, self.num_params, dropout, init_params, head_init_scale)
 
-    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
+                descriptors: torch.Tensor | None = None) -> torch.Tensor:
         self._check(raw, reference)
         b = raw.shape[0]
         if raw.shape[-1] == reference.shape[-1]:
@@ -263,7 +287,7 @@ class ReferenceController(Controller):
             z_raw, z_ref = z[:b], z[b:]
         else:
             z_raw, z_ref = self.encoder(raw), self.encoder(reference)
-        return torch.sigmoid(self.head(torch.cat([z_raw, z_ref, z_ref - z_raw], dim=1)))
+        return torch.sigmoid(self._logits(self.head(torch.cat([z_raw, z_ref, z_ref - z_raw], dim=1)), descriptors))
 
 
 class DirectController(Controller):
@@ -278,20 +302,22 @@ class DirectController(Controller):
 
     def __init__(self, num_params: int, sample_rate: int = 48000, encoder: dict | None = None,
                  hidden: int = 256, dropout: float = 0.1, init_params: Sequence[float] | None = None,
-                 head_init_scale: float = 1.0):
-        super().__init__(num_params, sample_rate, encoder)
+                 head_init_scale: float = 1.0, num_descriptors: int = 0):
+        super().__init__(num_params, sample_rate, encoder, num_descriptors)
         self.head = _mlp(self.encoder.embed_dim, hidden, self.num_params, dropout, init_params, head_init_scale)
 
-    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
+                descriptors: torch.Tensor | None = None) -> torch.Tensor:
         self._check(raw, reference)
-        return torch.sigmoid(self.head(self.encoder(raw)))
+        return torch.sigmoid(self._logits(self.head(self.encoder(raw)), descriptors))
 
 
 def build_controller(approach: str, num_params: int, sample_rate: int = 48000, **kw) -> Controller:
     """``approach1`` -> :class:`ReferenceController`, ``approach2`` -> :class:`DirectController`.
 
     ``kw``: encoder (dict of :class:`AudioEncoder` kwargs), hidden, dropout, init_params,
-    head_init_scale (factor on the output layer's initial weights).
+    head_init_scale (factor on the output layer's initial weights), num_descriptors (take
+    descriptors added to the logits through a zero-initialised linear map; 0 = none).
     """
     classes = {"approach1": ReferenceController, "approach2": DirectController}
     if approach not in classes:

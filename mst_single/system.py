@@ -29,6 +29,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from mst_single.console import VocalConsole
+from mst_single.descriptors import NUM_DESCRIPTORS
+
+DESCRIPTOR_CLIP = 5.0  # standardised take descriptors are clipped to +- this many training-song std
 from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
 from mst_single.loudness import match_level_torch, normalize_loudness
@@ -86,6 +89,14 @@ class VocalMST(pl.LightningModule):
             starts, saved in the checkpoint). For a producer who delivers every vocal at about the
             same loudness (experiments/e08). The `output_gain_db` parameter then carries the gain
             that lands the song there.
+        take_descriptors: the controller also reads the song's 13 take descriptors
+            (`mst_single.descriptors`: octave-band balance, spectral centroid, level spread, pause
+            share, crest factor of the whole raw song), standardised by the training songs' mean
+            and standard deviation (measured when `fit` starts, saved in the checkpoint), through a
+            zero-initialised linear map added to the head's logits. The data layer measures them
+            once per song, `mix` on the whole input file (experiments/e10).
+        descriptor_lr: learning rate of that linear map (None: `lr`); it starts at zero and has
+            13 x 30 weights, so it can take larger steps than the network.
     """
 
     def __init__(
@@ -111,6 +122,8 @@ class VocalMST(pl.LightningModule):
         loss_crop_seconds: float | None = None,
         param_warmup_steps: int = 0,
         match_loudness: bool = False,
+        take_descriptors: bool = False,
+        descriptor_lr: float | None = None,
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -120,9 +133,16 @@ class VocalMST(pl.LightningModule):
         self.sample_rate = int(sample_rate)
         self.target_lufs = float(target_lufs)
         self.console = VocalConsole(self.sample_rate, stages)
+        self.take_descriptors = bool(take_descriptors)
         self.controller = build_controller(approach, self.console.num_params, self.sample_rate,
                                            encoder=dict(encoder or {}), hidden=hidden, dropout=dropout,
-                                           head_init_scale=head_init_scale)
+                                           head_init_scale=head_init_scale,
+                                           num_descriptors=NUM_DESCRIPTORS if self.take_descriptors else 0)
+        if self.take_descriptors:  # the training songs' statistics, measured by on_fit_start
+            self.register_buffer("descriptor_mean", torch.full((NUM_DESCRIPTORS,), float("nan")))
+            self.register_buffer("descriptor_std", torch.full((NUM_DESCRIPTORS,), float("nan")))
+        if descriptor_lr is not None and not descriptor_lr > 0:
+            raise MstError(f"model.descriptor_lr must be > 0 or null, got {descriptor_lr}", fix="e.g. 0.02, or null for model.lr")
         self.param_loss_weight = float(param_loss_weight)
         if loss_crop_seconds is not None and not loss_crop_seconds > 0:
             raise MstError(f"model.loss_crop_seconds must be > 0 or null, got {loss_crop_seconds}",
@@ -168,27 +188,46 @@ class VocalMST(pl.LightningModule):
                            fix="pass a reference (a mixed vocal in the wanted style)")
         return reference
 
-    def _predict(self, x: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        return self.controller(x, self._reference(reference))
+    def _descriptors(self, descriptors: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Take descriptors `(batch, 13)` or `(13,)` as measured -> standardised `(batch, 13)`, or None."""
+        if not self.take_descriptors:
+            return None
+        if descriptors is None:
+            raise MstError("this model reads the take descriptors of each song (model.take_descriptors) but none "
+                           "were given", fix="pass descriptors=mst_single.descriptors.take_descriptors(whole raw, "
+                           "rate) (`mix` and the evaluation do), or train with take_descriptors: false")
+        if not bool(torch.isfinite(self.descriptor_std).all()):
+            raise MstError("model.take_descriptors is on but the training songs' descriptor statistics were never "
+                           "measured", fix="train the model with `fit` (it measures them when it starts)")
+        d = descriptors.to(self.descriptor_mean).reshape(-1, NUM_DESCRIPTORS).expand(batch, -1)
+        # a take far outside the training songs would be extrapolated linearly: held at 5 std instead
+        return ((d - self.descriptor_mean) / self.descriptor_std).clamp(-DESCRIPTOR_CLIP, DESCRIPTOR_CLIP)
+
+    def _predict(self, x: torch.Tensor, reference: torch.Tensor | None,
+                 descriptors: torch.Tensor | None = None) -> torch.Tensor:
+        return self.controller(x, self._reference(reference), self._descriptors(descriptors, x.shape[0]))
 
     def predict_params(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
-                       raw_lufs: torch.Tensor | None = None) -> torch.Tensor:
+                       raw_lufs: torch.Tensor | None = None, descriptors: torch.Tensor | None = None) -> torch.Tensor:
         """raw `(batch, 1, samples)` (any level; normalised here, see `normalize_input`), reference
-        `(batch, 2, samples)` or None (approach2 ignores it) -> parameters `(batch, num_params)` in [0, 1]."""
-        return self._predict(self.normalize_input(raw, raw_lufs), reference)
+        `(batch, 2, samples)` or None (approach2 ignores it), descriptors `(batch, 13)` or `(13,)`: the
+        whole song's take descriptors (needed when `take_descriptors`) -> parameters `(batch, num_params)` in [0, 1]."""
+        return self._predict(self.normalize_input(raw, raw_lufs), reference, descriptors)
 
-    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None, raw_lufs: torch.Tensor | None = None):
+    def forward(self, raw: torch.Tensor, reference: torch.Tensor | None = None, raw_lufs: torch.Tensor | None = None,
+                descriptors: torch.Tensor | None = None):
         """raw `(batch, 1, samples)` -> (output `(batch, 2, samples)`, params `(batch, num_params)`)."""
         x = self.normalize_input(raw, raw_lufs)
-        p = self._predict(x, reference)
+        p = self._predict(x, reference, descriptors)
         return self.console(x, p), p
 
     def mix_segment(self, raw: torch.Tensor, reference: torch.Tensor | None = None,
-                    params: torch.Tensor | None = None, raw_lufs: torch.Tensor | None = None) -> torch.Tensor:
+                    params: torch.Tensor | None = None, raw_lufs: torch.Tensor | None = None,
+                    descriptors: torch.Tensor | None = None) -> torch.Tensor:
         """Mix a short segment `(batch, 1, samples)` -> `(batch, 2, samples)`; with `params`
         `(batch, num_params)` in [0, 1] the network is skipped (e.g. a preset or fitted setting)."""
         x = self.normalize_input(raw, raw_lufs)
-        p = self._predict(x, reference) if params is None else params.to(x)
+        p = self._predict(x, reference, descriptors) if params is None else params.to(x)
         return self.console(x, p)
 
     @property
@@ -215,6 +254,11 @@ class VocalMST(pl.LightningModule):
             self.house_lufs.fill_(self._measure_house_lufs())
             rank_zero_info(f"house loudness {float(self.house_lufs):.2f} LUFS (median of the training songs' mixes): "
                            "every mixed song is normalised to it")
+        if self.take_descriptors:
+            mean, std = self._measure_descriptor_stats()
+            self.descriptor_mean.copy_(mean)
+            self.descriptor_std.copy_(std)
+            rank_zero_info(f"take descriptors: standardised by the mean and std of the {self._n_desc_songs} training songs")
         if self.param_loss_weight > 0:
             dm = getattr(self.trainer, "datamodule", None)
             names = getattr(dm, "param_target_names", None)
@@ -250,6 +294,22 @@ class VocalMST(pl.LightningModule):
                            fix="check the mixed files (`mst-single check-data DATA`)")
         return float(np.median(values))
 
+    def _measure_descriptor_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+
+        from mst_single.audio import song_descriptors
+
+        dm = getattr(self.trainer, "datamodule", None)
+        songs = (getattr(dm, "splits", None) or {}).get("train")
+        if not songs:
+            raise MstError("model.take_descriptors needs the training songs to standardise the descriptors",
+                           fix="train with the VocalDataModule (`mst-single fit`), or set model.take_descriptors: false")
+        d = torch.from_numpy(np.stack([song_descriptors(s) for s in songs])).double()
+        self._n_desc_songs = len(songs)
+        std = d.std(0, unbiased=False)
+        # a descriptor that is the same for every training song (e.g. the 16 kHz band at 16 kHz) carries nothing
+        return d.mean(0).float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+
     def _step(self, batch: dict, stage: str) -> dict:
         self._songs = list(batch.get("song", []))
         raw, target = batch["raw"], batch["mixed"]
@@ -259,7 +319,7 @@ class VocalMST(pl.LightningModule):
         has_tp = None if tp is None else torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         if stage == "train" and self.synthetic_reference_prob > 0 and x.shape[0] > 1:
             target, reference, tp, has_tp = self._synthetic(x, target, reference, tp, has_tp)
-        p = self._predict(x, reference)
+        p = self._predict(x, reference, batch.get("descriptors"))
         x, target = self._crop(x, target, stage)
         if stage == "train" and self.global_step < self.param_warmup_steps:
             if has_tp is None:
@@ -403,7 +463,14 @@ class VocalMST(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        head = self.controller.descriptor_head
+        if head is not None and h.get("descriptor_lr") is not None:
+            own = {id(q) for q in head.parameters()}
+            groups = [{"params": [q for q in self.parameters() if id(q) not in own]},
+                      {"params": list(head.parameters()), "lr": float(h.descriptor_lr)}]
+        else:
+            groups = self.parameters()
+        opt = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         warm = max(int(h.warmup_steps), 0)
         cosine = h.lr_schedule == "cosine" and math.isfinite(total) and total > warm

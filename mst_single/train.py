@@ -198,6 +198,8 @@ def _cli_classes():
     class VocalCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.sample_rate", "model.sample_rate")
+            # the model decides whether items carry the songs' take descriptors (one key in the YAML)
+            parser.link_arguments("model.take_descriptors", "data.take_descriptors")
             parser.add_argument("--run_name", type=Optional[str], default=os.environ.get("MST_RUN_NAME") or None,
                                 help="run folder name under runs_dir (default: $MST_RUN_NAME or "
                                      "<approach>-<timestamp>); give it to resume a run with --ckpt_path last")

@@ -32,6 +32,7 @@ variants:
     refine: {{steps: 2, crops: 1}}
   approach2:
     configs: [configs/approach2.yaml]
+    overrides: {{model.take_descriptors: true, model.descriptor_lr: 0.02}}
     train_fraction: 0.5
 budgets:
   test:
@@ -89,10 +90,9 @@ def tiny(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("name", ["e01-approach1-vs-approach2", "e02-reference-policy", "e03-loss", "e04-data-size",
-                                  "e05-collapse-fix", "e06-param-targets", "e07-context", "e08-loudness",
-                                  "e09-refine"])
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("e[0-9]*") if p.is_dir()))
 def test_committed_experiments_load_and_state_their_command(name):
+    assert len(list(EXPERIMENTS.glob("e[0-9]*"))) >= 10
     folder = EXPERIMENTS / name
     first = (folder / "config.yaml").read_text().splitlines()[0]
     assert first.startswith(f"# mst-single ablate experiments/{name}")

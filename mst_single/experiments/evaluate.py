@@ -234,12 +234,17 @@ def predict_song_params(model, dataset, name: str, batch_size: int = 8) -> torch
     if not idx:
         raise ValueError(f"song {name} has no test segment")
     device, preds = _device(model), []
+    desc = None
+    if getattr(model, "take_descriptors", False):  # the whole raw song's, as in training and `mix`
+        from mst_single.audio import song_descriptors
+
+        desc = torch.from_numpy(song_descriptors(dataset.songs[dataset.grid[idx[0]][0]])).to(device)
     for k in range(0, len(idx), batch_size):
         items = [dataset[i] for i in idx[k:k + batch_size]]
         raw = torch.stack([it["raw"] for it in items]).to(device)
         ref = torch.stack([it["reference"] for it in items]).to(device) if model.needs_reference else None
         lufs = torch.stack([it["raw_lufs"] for it in items]).to(device)
-        preds.append(model.predict_params(raw, ref, lufs).float().cpu())
+        preds.append(model.predict_params(raw, ref, lufs, desc).float().cpu())
     return torch.cat(preds).median(0, keepdim=True).values
 
 

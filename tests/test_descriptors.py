@@ -1,0 +1,179 @@
+"""Take descriptors (`mst_single.descriptors`, `model.take_descriptors`): values on signals whose
+answer is known, streaming = one shot, the data layer, the model's use of them, fit -> evaluate -> mix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synth_vocal, tiny_fit_args, write_pair
+
+from mst_single.descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS, DescriptorMeter, take_descriptors
+
+SR = 16000
+REPO = Path(__file__).resolve().parent.parent
+IDX = {n: i for i, n in enumerate(DESCRIPTOR_NAMES)}
+
+
+def tone(freq: float, seconds: float = 2.0, sr: int = SR, level: float = 0.1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return level * np.sin(2 * np.pi * freq * t)
+
+
+def test_names_and_shape():
+    assert NUM_DESCRIPTORS == 13 and len(set(DESCRIPTOR_NAMES)) == 13
+    d = take_descriptors(synth_vocal(3.0, SR, seed=1), SR)
+    assert d.shape == (13,) and np.all(np.isfinite(d))
+
+
+def test_a_sine_reads_its_band_centroid_and_crest():
+    d = take_descriptors(tone(1000.0, sr=48000), 48000)
+    assert d[IDX["band_1k"]] > -0.1  # nearly all the energy in the 1 kHz octave
+    assert d[IDX["band_4k"]] < -60
+    assert d[IDX["centroid_oct"]] == pytest.approx(0.0, abs=0.02)  # log2(1 kHz / 1 kHz)
+    assert d[IDX["crest_db"]] == pytest.approx(3.01, abs=0.05)  # a sine's peak / RMS
+    assert d[IDX["level_spread_db"]] < 0.1 and d[IDX["pause_fraction"]] == 0.0
+
+
+def test_a_brighter_take_has_more_high_band_share_and_a_higher_centroid():
+    x = synth_vocal(4.0, SR, seed=2)
+    bright = x + 0.05 * tone(4000.0, 4.0) * (np.abs(x) > 1e-3)
+    a, b = take_descriptors(x, SR), take_descriptors(bright, SR)
+    assert b[IDX["band_4k"]] > a[IDX["band_4k"]] + 6
+    assert b[IDX["centroid_oct"]] > a[IDX["centroid_oct"]]
+
+
+def test_pauses_dynamics_and_level_independence():
+    x = tone(300.0, 4.0)
+    gaps = x * np.repeat([1.0, 0.0], 2 * SR)  # half the take is silence
+    dyn = x * np.repeat([1.0, 0.1, 1.0, 0.1], SR)  # 20 dB steps
+    d_gap, d_dyn, d_flat = (take_descriptors(v, SR) for v in (gaps, dyn, x))
+    assert d_gap[IDX["pause_fraction"]] == pytest.approx(0.5, abs=0.03)
+    assert d_dyn[IDX["level_spread_db"]] == pytest.approx(20.0, abs=0.5)
+    assert d_flat[IDX["level_spread_db"]] < 0.1
+    v = synth_vocal(3.0, SR, seed=3)
+    assert np.allclose(take_descriptors(v, SR), take_descriptors(0.01 * v, SR), atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 777, 4096, 100000])
+def test_streaming_gives_the_one_shot_result_for_any_block_size(block):
+    x = synth_vocal(2.3, SR, seed=4).astype(np.float64)
+    meter = DescriptorMeter(SR)
+    for i in range(0, len(x), block):
+        meter.update(x[i:i + block])
+    assert np.allclose(meter.result(), take_descriptors(x, SR), rtol=0, atol=1e-9)
+
+
+def test_bad_audio_is_refused():
+    with pytest.raises(ValueError, match="no audio"):
+        DescriptorMeter(SR).result()
+    x = tone(300.0)
+    x[5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        take_descriptors(x, SR)
+
+
+def test_the_data_layer_measures_the_whole_native_raw_once(tmp_path):
+    from mst_single.data import VocalReferenceDataset, index_songs, song_descriptors
+
+    raw = synth_vocal(3.0, 22050, seed=5)
+    write_pair(tmp_path, "a", raw, np.stack([raw, raw]), 22050)
+    song = index_songs(tmp_path, SR)[0]
+    d = song_descriptors(song)
+    assert d.dtype == np.float32 and np.allclose(d, take_descriptors(raw, 22050), atol=1e-4)
+    ds = VocalReferenceDataset(songs=[song], split="val", sample_rate=SR, segment_seconds=1.0, descriptors=True)
+    assert torch.equal(ds[0]["descriptors"], torch.from_numpy(d))
+    assert "descriptors" not in VocalReferenceDataset(songs=[song], split="val", sample_rate=SR,
+                                                      segment_seconds=1.0)[0]
+
+
+def test_the_controller_starts_as_without_them_then_uses_them():
+    from mst_single.models import build_controller
+
+    torch.manual_seed(0)
+    kw = dict(encoder={"n_mels": 16, "channels": [4], "embed_dim": 8}, hidden=8, dropout=0.0)
+    plain = build_controller("approach2", 5, SR, **kw).eval()
+    torch.manual_seed(0)
+    with_d = build_controller("approach2", 5, SR, num_descriptors=13, **kw).eval()
+    raw = torch.from_numpy(synth_vocal(1.0, SR, seed=6))[None, None]
+    d = torch.randn(1, 13)
+    assert torch.allclose(plain(raw), with_d(raw, descriptors=d))  # zero-initialised: no change at the start
+    p = with_d(raw, descriptors=d)
+    p.sum().backward()
+    assert with_d.descriptor_head.weight.grad.abs().sum() > 0  # the audio path's loss reaches the map
+    with torch.no_grad():
+        with_d.descriptor_head.weight.normal_()
+    assert not torch.allclose(with_d(raw, descriptors=d), with_d(raw, descriptors=-d), atol=1e-3)
+    with pytest.raises(ValueError, match="descriptors must have shape"):
+        with_d(raw)
+    with pytest.raises(ValueError, match="takes no take descriptors"):
+        plain(raw, descriptors=d)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A tiny fit of the real approach2 config with take descriptors."""
+    from mst_single.demo import make_demo_data
+    from mst_single.train import cli_main
+
+    tmp = tmp_path_factory.mktemp("desc")
+    root = make_demo_data(tmp / "demo", songs=5, seconds=3, sample_rate=SR)
+    assert cli_main(["fit", "-c", str(REPO / "configs" / "approach2.yaml"), *tiny_fit_args(root, tmp / "runs"),
+                     "--model.take_descriptors", "true", "--model.descriptor_lr", "0.05",
+                     "--run_name", "d"]) == 0
+    return root, tmp / "runs" / "d"
+
+
+def test_fit_standardises_by_the_training_songs_and_saves_the_statistics(fitted):
+    from mst_single.data import VocalDataModule, song_descriptors
+    from mst_single.experiments.evaluate import load_model
+
+    root, run = fitted
+    model = load_model(run / "checkpoints" / "last.ckpt")
+    dm = VocalDataModule(str(root), sample_rate=SR, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    d = np.stack([song_descriptors(s) for s in dm.splits["train"]]).astype(np.float64)
+    std = d.std(0)
+    assert np.allclose(model.descriptor_mean.numpy(), d.mean(0), atol=1e-4)
+    assert np.allclose(model.descriptor_std.numpy(), np.where(std > 1e-6, std, 1.0), rtol=1e-4)
+    assert model.controller.descriptor_head.weight.abs().sum() > 0  # trained away from its zero start
+    assert "take_descriptors: true" in (run / "config.yaml").read_text()
+    opt = model.configure_optimizers()["optimizer"]
+    assert sorted(g["lr"] for g in opt.param_groups)[-1] == pytest.approx(0.05)
+
+
+def test_prediction_needs_the_descriptors_and_follows_them(fitted):
+    from mst_single.errors import MstError
+    from mst_single.experiments.evaluate import load_model
+
+    _, run = fitted
+    model = load_model(run / "checkpoints" / "last.ckpt").eval()
+    raw = torch.from_numpy(synth_vocal(1.0, SR, seed=7))[None, None]
+    with pytest.raises(MstError, match="take descriptors"):
+        model.predict_params(raw)
+    with torch.no_grad():
+        model.controller.descriptor_head.weight.fill_(0.5)
+        lo = model.predict_params(raw, descriptors=model.descriptor_mean - model.descriptor_std)
+        hi = model.predict_params(raw, descriptors=model.descriptor_mean + model.descriptor_std)
+    assert (hi - lo).abs().max() > 0.1
+
+
+def test_evaluation_and_mix_read_the_same_descriptors_of_the_whole_raw(fitted, tmp_path):
+    from mst_single.data import song_descriptors
+    from mst_single.experiments.evaluate import TestSet, load_model, predict_settings
+    from mst_single.mix import mix_file
+
+    root, run = fitted
+    ckpt = run / "checkpoints" / "last.ckpt"
+    model = load_model(ckpt)
+    ts = TestSet(root, sample_rate=SR, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2)
+    settings = predict_settings(model, ts, "same", progress=False)
+    assert set(settings) == set(ts.names) and all(p.shape == (1, model.console.num_params) for p in settings.values())
+    song = ts.songs[0]
+    report = mix_file(song.raw_path, tmp_path / "out.wav", ckpt)
+    got = np.array([report["take_descriptors"][n] for n in DESCRIPTOR_NAMES])
+    assert np.allclose(got, song_descriptors(song), atol=1e-4)
+    saved = json.loads((tmp_path / "out.wav.params.json").read_text())
+    assert list(saved["take_descriptors"]) == list(DESCRIPTOR_NAMES)
