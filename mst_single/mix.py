@@ -284,6 +284,14 @@ def mixsheet(report: dict) -> str:
         "",
     ]
     body = [f"- {line}" for line in mixsheet_lines(r["params"], r["stages"])]
+    d = r.get("take_descriptors")
+    if d:  # what the model read of the whole take (model.take_descriptors)
+        bands = ", ".join(f"{k[5:]} {v:.0f}" for k, v in d.items() if k.startswith("band_"))
+        body += ["", "## What the model read of the take", "",
+                 f"- Share of the energy per octave band (dB): {bands}",
+                 f"- Spectral centroid {1000 * 2 ** d['centroid_oct']:.0f} Hz; level spread (p90 - p10 of the "
+                 f"100 ms level) {d['level_spread_db']:.1f} dB; pauses {100 * d['pause_fraction']:.0f} % of the "
+                 f"time; crest factor {d['crest_db']:.1f} dB"]
     return "\n".join(head + body) + "\n"
 
 

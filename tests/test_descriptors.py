@@ -177,3 +177,5 @@ def test_evaluation_and_mix_read_the_same_descriptors_of_the_whole_raw(fitted, t
     assert np.allclose(got, song_descriptors(song), atol=1e-4)
     saved = json.loads((tmp_path / "out.wav.params.json").read_text())
     assert list(saved["take_descriptors"]) == list(DESCRIPTOR_NAMES)
+    sheet = (tmp_path / "out.wav.mixsheet.md").read_text()
+    assert "What the model read of the take" in sheet and "level spread" in sheet
