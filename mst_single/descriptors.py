@@ -67,10 +67,10 @@ class DescriptorMeter:
         self._levels: list[np.ndarray] = []  # per 50 ms block: [energy sum, samples, peak]
         self.samples = 0
 
-    def _spectral(self, frames: np.ndarray) -> None:
+    def _spectral(self, frames: np.ndarray) -> np.ndarray:
+        """(n, n_fft) frames -> (n, 11): [total energy, centroid numerator, 9 band energies]."""
         power = np.abs(np.fft.rfft(frames * self.window, axis=1)) ** 2
-        total = power.sum(1)
-        self._frames.append(np.column_stack([total, power @ self.freqs, power @ self.band_masks.T]))
+        return np.column_stack([power.sum(1), power @ self.freqs, power @ self.band_masks.T])
 
     def _level(self, blocks: np.ndarray) -> None:
         self._levels.append(np.column_stack([np.square(blocks).sum(1), np.full(len(blocks), blocks.shape[1]),
@@ -85,7 +85,7 @@ class DescriptorMeter:
         if len(self._buf) >= self.n_fft:
             n = (len(self._buf) - self.n_fft) // self.hop + 1
             frames = np.lib.stride_tricks.sliding_window_view(self._buf, self.n_fft)[::self.hop][:n]
-            self._spectral(frames)
+            self._frames.append(self._spectral(frames))
             self._buf = self._buf[n * self.hop:]
         self._lbuf = np.concatenate([self._lbuf, x])
         n = len(self._lbuf) // self.block
@@ -101,9 +101,7 @@ class DescriptorMeter:
         # the tail: frames starting before the end, zero-padded (so the result does not depend on blocks)
         tail = self._buf
         while len(tail):
-            frame = np.pad(tail[: self.n_fft], (0, max(0, self.n_fft - len(tail))))
-            power = np.abs(np.fft.rfft(frame * self.window)) ** 2
-            spec.append(np.concatenate([[power.sum(), power @ self.freqs], self.band_masks @ power])[None])
+            spec.append(self._spectral(np.pad(tail[: self.n_fft], (0, max(0, self.n_fft - len(tail))))[None]))
             tail = tail[self.hop:]
         if len(self._lbuf):
             b = self._lbuf
