@@ -33,6 +33,23 @@ import numpy as np
 import scipy.fft
 import torch
 
+
+def constant_cache(maxsize: int):
+    """`functools.lru_cache` for functions that build constant tensors (grids, responses, noise).
+
+    They are built with inference mode off: a tensor made under `torch.inference_mode()` (Lightning's
+    validate / test / predict) cannot be saved for backward, so a cache filled by `validate` would
+    break a later `fit` in the same process (a notebook does exactly that)."""
+    def decorate(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def cached(*args, **kwargs):
+            with torch.inference_mode(False):
+                return fn(*args, **kwargs)
+        return cached
+    return decorate
+
+
 LN10_20 = math.log(10.0) / 20.0
 
 
@@ -122,7 +139,7 @@ def high_shelf_coeffs(gain_db, freq_hz, q, sample_rate: float):
     )
 
 
-@functools.lru_cache(maxsize=32)
+@constant_cache(maxsize=32)
 def _grid(n_fft: int, device: torch.device = torch.device("cpu"), dtype=torch.float64) -> tuple[torch.Tensor, ...]:
     """cos/sin of w and 2w on the rfft grid of n_fft points, computed once per size, device and
     dtype (a training step copies nothing to the device)."""
@@ -592,7 +609,7 @@ REVERB_BAND_EDGES_HZ = (500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 _DAMPING_REF_HZ = 500.0
 
 
-@functools.lru_cache(maxsize=8)
+@constant_cache(maxsize=8)
 def _noise_bands_on(sample_rate: int, length: int, seed: int, device: torch.device,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """`_noise_bands` on a device and dtype, kept there: the reverb copies nothing per call."""
@@ -600,7 +617,7 @@ def _noise_bands_on(sample_rate: int, length: int, seed: int, device: torch.devi
     return bands.to(device=device, dtype=dtype), octaves.to(device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=8)
+@constant_cache(maxsize=8)
 def _noise_bands(sample_rate: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed, seeded white noise for L and R (independent, so decorrelated) split into bands.
 

@@ -14,10 +14,10 @@ Silence (no block above the absolute gate) reads -70.0 LUFS everywhere instead o
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
+
+from .functional import constant_cache
 
 BLOCK_SECONDS = 0.4
 HOP_SECONDS = 0.1  # 75 % overlap
@@ -114,7 +114,7 @@ def k_weight_torch(x: torch.Tensor, sample_rate: float) -> torch.Tensor:
     return torch.fft.irfft(spec, n=n_fft)[..., :n]
 
 
-@functools.lru_cache(maxsize=16)
+@constant_cache(maxsize=16)
 def _k_response(sample_rate: float, n_fft: int, device: torch.device) -> torch.Tensor:
     """K-weighting response on the rfft grid of n_fft points, complex128, computed once per size
     and device (so a training step copies nothing to the device)."""
@@ -124,7 +124,7 @@ def _k_response(sample_rate: float, n_fft: int, device: torch.device) -> torch.T
     return torch.from_numpy(np.prod((b @ powers) / (a @ powers), axis=0)).to(device)
 
 
-@functools.lru_cache(maxsize=16)
+@constant_cache(maxsize=16)
 def _segment_index(n: int, sample_rate: float, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather index `(count, width)` and validity mask of the samples of each 100 ms segment
     [bound k, bound k + 1) of n samples (bounds clipped to n), for `_segment_sums`."""

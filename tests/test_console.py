@@ -127,6 +127,24 @@ def test_every_parameter_gets_a_nonzero_gradient(console):
     assert zero == []
 
 
+def test_a_mix_under_inference_mode_does_not_break_later_training():
+    """`validate` (inference mode) before `fit` in one process: the constant tensors the chain and
+    the loudness meter cache (EQ grid, reverb noise, K-weighting) are filled by the first call and
+    must still be usable for backward afterwards."""
+    from mst_single import loudness
+
+    sr = 22050  # a rate no other test uses: the caches are filled here, under inference mode
+    c = VocalConsole(sr)
+    x = torch.randn(2, 1, sr // 2, generator=torch.Generator().manual_seed(3)) * 0.3
+    with torch.inference_mode():
+        c(x, torch.full((2, c.num_params), 0.5))
+        loudness.loudness_torch(x, sr)
+    p = torch.full((2, c.num_params), 0.5, requires_grad=True)
+    y = c(x, p)
+    (loudness.loudness_torch(y, sr).sum() + y.square().mean()).backward()
+    assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
 def test_zero_latency_impulse_and_alignment():
     c = VocalConsole(48000, stages={"reverb": False})
     x = torch.zeros(1, 1, 9600)

@@ -60,6 +60,10 @@ def fit_once(demo_root, runs):
         if approach not in done:
             # W&B (offline) on for approach1, off for approach2: both logger set-ups are exercised
             wandb = "true" if approach == "approach1" else "false"
+            # the untrained network (same seed, so the fit's starting point) validated first, in
+            # the same process: the baseline of test_fit_validation_loss_drops
+            assert cli_main(["validate", "-c", str(CONFIGS / f"{approach}.yaml"), *tiny_args(demo_root, runs),
+                             "--run_name", f"init-{approach}", "--wandb", "false"]) == 0
             rc = cli_main(["fit", "-c", str(CONFIGS / f"{approach}.yaml"), *tiny_args(demo_root, runs),
                            "--run_name", f"fit-{approach}", "--wandb", wandb])
             assert rc == 0
@@ -119,10 +123,15 @@ def test_fit_run_folder(fitted):
 
 @pytest.mark.slow
 def test_fit_validation_loss_drops(fitted):
+    """Six steps take the validation loss well below the untrained network's. Measured against the
+    start, not epoch 0: on one validation song the first epochs move by a few % either way
+    (e.g. 0.827, 0.828, 0.811 for approach2 on one host), while the drop from the start is ~30 %."""
     _, run = fitted
     val = column(read_metrics(run / "metrics.csv"), "val/loss")
     assert len(val) == 3 and all(math.isfinite(v) for v in val)
-    assert val[-1] < val[0] * 0.97, f"validation loss did not drop: {val}"
+    start = column(read_metrics(run.parent / f"init-{run.name.removeprefix('fit-')}" / "validate" / "metrics.csv"),
+                   "val/loss")
+    assert len(start) == 1 and val[-1] < 0.85 * start[0], f"validation loss did not drop from {start}: {val}"
 
 
 @pytest.mark.slow
