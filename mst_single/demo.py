@@ -32,11 +32,14 @@ Layout written::
     OUT/mixed/NAME.wav   stereo, 24-bit PCM, latency + raw length + reverb tail
     OUT/truth.json       every song's voice, latency, console parameters and pedalboard settings
                          (adaptive: also the measured features and the rules)
-    OUT/manifest.json    sha256 of every file above and the library versions that made them
+    OUT/manifest.json    sha256 of every file above, a coarse fingerprint of each WAV (equal
+                         across CPUs, see `same_audio`) and the library versions that made them
 
 Both are 24-bit PCM (what a producer delivers; it also exercises the loader's integer path) and the
 mix is rendered from the raw file's own samples as read back, so the pair is exactly consistent.
-The same seed gives byte-identical files; song i is the same whatever ``songs`` is.
+The same seed gives byte-identical files on one machine; song i is the same whatever ``songs`` is.
+Another CPU can differ in the last bit of some samples (numpy picks SIMD kernels per CPU), which
+the WAV fingerprints in the manifest tolerate.
 """
 from __future__ import annotations
 
@@ -502,11 +505,40 @@ def console_chain(style: str) -> dict:
     return out
 
 
+FINGERPRINT_PROBES = 32
+FINGERPRINT_TOL = {"rms_db": 0.01, "probes": 1e-4}  # ~100x what a different CPU changes
+FINGERPRINT_FLOOR_DB = -70.0  # quieter seconds (reverb tails) are a few LSBs: last bits move them
+
+
+def audio_fingerprint(path) -> dict:
+    """What a WAV sounds like, coarsely: frames, channels, the RMS (dB, floored at
+    FINGERPRINT_FLOOR_DB) of each second over all channels and the first channel's value at
+    FINGERPRINT_PROBES evenly spaced samples. A change of the generator moves these far beyond
+    FINGERPRINT_TOL; last-bit float noise does not."""
+    import soundfile as sf
+
+    x, sr = sf.read(str(path), dtype="float64", always_2d=True)
+    seconds = [x[i:i + sr] for i in range(0, len(x), sr)]
+    return {"frames": len(x), "channels": x.shape[1],
+            "rms_db": [round(max(10 * float(np.log10(np.mean(s ** 2) + 1e-20)), FINGERPRINT_FLOOR_DB), 4)
+                       for s in seconds],
+            "probes": [round(float(v), 6) for v in x[np.linspace(0, len(x) - 1, FINGERPRINT_PROBES).astype(int), 0]]}
+
+
+def same_audio(a: dict, b: dict) -> bool:
+    """Two `audio_fingerprint`s agree within FINGERPRINT_TOL (same length and channels)."""
+    if (a["frames"], a["channels"], len(a["rms_db"])) != (b["frames"], b["channels"], len(b["rms_db"])):
+        return False
+    return all(abs(u - v) <= tol for key, tol in FINGERPRINT_TOL.items() for u, v in zip(a[key], b[key]))
+
+
 def manifest(root, files, **generator) -> dict:
-    """sha256 of ``files`` (paths relative to ``root``) plus what made them: the arguments and the
-    versions of the libraries that decide the bytes (numpy, scipy, pedalboard, soundfile, torch)."""
+    """sha256 of ``files`` (paths relative to ``root``), the `audio_fingerprint` of each WAV, plus
+    what made them: the arguments, the versions of the libraries that decide the bytes (numpy,
+    scipy, pedalboard, soundfile, torch) and the CPU (machine and numpy's SIMD features)."""
     import hashlib
     import importlib.metadata as md
+    import platform
 
     versions = {}
     for pkg in ("numpy", "scipy", "pedalboard", "soundfile", "torch", "pyloudnorm"):
@@ -515,8 +547,15 @@ def manifest(root, files, **generator) -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     root = Path(root)
+    try:  # numpy's private table of the CPU features its kernels dispatch on
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        features = {}
+    simd = sorted(k for k, on in features.items() if on)
     return {"algorithm": "sha256", "generator": generator, "versions": versions,
-            "files": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in sorted(files)}}
+            "platform": {"machine": platform.machine(), "numpy_simd": " ".join(simd)},
+            "files": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in sorted(files)},
+            "fingerprints": {f: audio_fingerprint(root / f) for f in sorted(files) if f.endswith(".wav")}}
 
 
 def house_style() -> dict:
