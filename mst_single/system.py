@@ -30,12 +30,12 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from mst_single.console import VocalConsole
 from mst_single.descriptors import NUM_DESCRIPTORS
-
-DESCRIPTOR_CLIP = 5.0  # standardised take descriptors are clipped to +- this many training-song std
 from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
 from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
+
+DESCRIPTOR_CLIP = 5.0  # standardised take descriptors are clipped to +- this many training-song std
 
 
 class VocalMST(pl.LightningModule):
