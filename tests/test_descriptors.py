@@ -179,3 +179,21 @@ def test_evaluation_and_mix_read_the_same_descriptors_of_the_whole_raw(fitted, t
     assert list(saved["take_descriptors"]) == list(DESCRIPTOR_NAMES)
     sheet = (tmp_path / "out.wav.mixsheet.md").read_text()
     assert "What the model read of the take" in sheet and "level spread" in sheet
+
+
+def test_descriptor_ceiling_ridge_recovers_a_linear_rule_and_shrinks_on_noise():
+    """scripts/descriptor_ceiling.py (e10 README, "What limits it"): its logit-space ridge."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("descriptor_ceiling", REPO / "scripts" / "descriptor_ceiling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    Z, Zt = rng.standard_normal((40, 13)), rng.standard_normal((10, 13))
+    W = rng.standard_normal((13, 4)) * 0.15
+    rule = lambda z: 1 / (1 + np.exp(-(0.3 + z @ W)))  # noqa: E731
+    pred, lam = mod.ridge(Z, rule(Z), Zt)
+    assert pred.shape == (10, 4) and np.abs(pred - rule(Zt)).max() < 0.01 and lam <= 0.1
+    noise = rng.uniform(0.1, 0.9, (40, 4))
+    pred, lam = mod.ridge(Z, noise, Zt)
+    assert lam >= 10 and pred.std(0).max() < 0.1  # nothing to learn: every prediction near the mean
