@@ -8,7 +8,12 @@ songs. Each test song is then mixed with its predicted setting at the house loud
 `model.match_loudness` does) and scored like `mst-single ablate`; the gap closed is measured
 against the folder's own mean-preset and oracle rows. No network is involved.
 
-    python scripts/descriptor_ceiling.py experiments/e10-descriptors/results/cpu [--data data/demo-adaptive]
+``--prior-weight W`` (repeatable) adds a row per W: the ridge fitted to the ``oracle-prior`` settings
+(each training song refitted from, and pulled toward, the median of the oracle settings with weight
+W: ``param_targets: oracle-prior``), fitted here with the folder's oracle budget and cached with
+the oracle's fits (experiments/.cache/oracle).
+
+    python scripts/descriptor_ceiling.py experiments/e10-descriptors/results/cpu [--data data/demo-adaptive] [--prior-weight 0.05]
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import yaml
 
 from mst_single.audio import load_audio, song_descriptors
 from mst_single.console import VocalConsole
+from mst_single.experiments import baselines as B
+from mst_single.experiments import config as C
 from mst_single.experiments import evaluate as E
 from mst_single.loudness import integrated_loudness
 from mst_single.system import DESCRIPTOR_CLIP
@@ -54,6 +61,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="an ablate results folder on adaptive data, e.g. experiments/e10-descriptors/results/cpu")
     ap.add_argument("--data", type=Path, default=Path("data/demo-adaptive"))
+    ap.add_argument("--prior-weight", type=float, action="append", default=[],
+                    help="also the ridge on the oracle-prior settings refitted with this weight (repeatable)")
+    ap.add_argument("--cache", type=Path, default=Path("experiments/.cache/oracle"), help="the oracle's fit cache")
     args = ap.parse_args()
     prov = json.loads((args.results / "provenance.json").read_text())
     data_name = next(iter(prov["data"]))
@@ -63,6 +73,7 @@ def main() -> None:
     d = cfg["data"]
     console = VocalConsole(int(d["sample_rate"]))
     truth = json.loads((args.data / "truth.json").read_text())["songs"]
+    fitting = C.baseline_settings(prov["experiment_config"], prov["budget"])  # the oracle budget of the folder
     print("| fold | setting | MR-STFT | gap closed | ridge strength |\n|---|---|---:|---:|---:|")
     for fold in range(int(prov["folds"])):
         ts = E.TestSet(args.data, sample_rate=d["sample_rate"], segment_seconds=d["segment_seconds"],
@@ -84,7 +95,15 @@ def main() -> None:
 
         mp, orc = score("mean-preset"), score("oracle")
         a, o = (statistics.mean(m[n] for n in ts.names) for m in (mp, orc))
-        for label, Y in (("ridge on the true settings", true), ("ridge on the oracle settings", oracle)):
+        rows_y = [("ridge on the true settings", true), ("ridge on the oracle settings", oracle)]
+        prior = B.median_setting([targets[s.name] for s in train])
+        for w in args.prior_weight:
+            fits = B.fit_songs(console, train, target_lufs=float(cfg["model"]["target_lufs"]),
+                               budget=fitting.get("oracle") or {}, cache_dir=args.cache,
+                               seed=int(fitting.get("seed", 0)), prior=prior, prior_weight=w)
+            rows_y.append((f"ridge on the oracle-prior settings (weight {w:g})",
+                           np.stack([fits[s.name][0].reshape(-1).numpy() for s in train])))
+        for label, Y in rows_y:
             pred, lam = ridge(Z, Y, Zt)
             settings = {n: torch.from_numpy(pred[i:i + 1]).float() for i, n in enumerate(ts.names)}
             res = E.evaluate_setting(console, float(cfg["model"]["target_lufs"]), ts, settings,

@@ -371,11 +371,72 @@ def test_truth_targets_are_the_true_settings_of_train_and_val_songs_only(tiny, t
             assert float(units[name]) == pytest.approx(want, rel=1e-3, abs=1e-2), name
     # a variant's unknown source and a data folder without truth.json are explained
     (exp_dir / "config.yaml").write_text(text.replace("param_targets: truth", "param_targets: best"))
-    with pytest.raises(MstError, match="param_targets 'best' is not one of oracle, truth"):
+    with pytest.raises(MstError, match="param_targets 'best' is not one of oracle, oracle-prior, truth"):
         runner.make_plan(parse([exp_dir, "--budget", "test"]))
     with pytest.raises(MstError, match="truth needs the data's true settings") as e:
         runner.truth_targets(tmp_path, {}, [])
     assert "truth.json" in str(e.value)
+
+
+def test_oracle_prior_targets_are_refitted_toward_the_median_fit_and_cached(tiny, tmp_path, monkeypatch):
+    from mst_single.data import read_param_targets
+    from mst_single.experiments import baselines as B
+
+    folder, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-prior", data)
+    text = (exp_dir / "config.yaml").read_text().replace(
+        "    overrides: {model.param_loss_weight: 1.0}\n", "    overrides: {model.param_loss_weight: 1.0}\n"
+        "    param_targets: oracle-prior\n")
+    (exp_dir / "config.yaml").write_text(text + "param_target_prior_weight: 0.5\n")
+    monkeypatch.setenv("MST_ORACLE_CACHE", str(tmp_path / "cache"))
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    a1 = [u for u in plan.units if u.variant == "approach1"]
+    assert {u.targets for u in a1} == {"oracle-prior"}
+    assert all(u.config["data"]["param_targets"].endswith(f"param-targets-oracle-prior-fold{u.fold}.json") for u in a1)
+    assert all(u.spec["param_targets"]["prior_weight"] == 0.5 for u in a1)  # in the run's hash: a new weight retrains
+    calls = []
+    fit_songs = B.fit_songs
+    monkeypatch.setattr(B, "fit_songs", lambda *a, **k: calls.append(k) or fit_songs(*a, **k))
+    runner.prepare_data(plan)
+    runner.prepare_targets(plan)
+    anchored = [k for k in calls if k.get("prior") is not None]
+    assert anchored and all(k["prior_weight"] == 0.5 for k in anchored)
+    u = a1[0]
+    names, params = read_param_targets(u.config["data"]["param_targets"])
+    assert set(params) == set(u.split["train"]) | set(u.split["val"]) and not set(params) & set(u.split["test"])
+    assert not runner.targets_file(plan.runs_dir, u.data, u.fold, "oracle").exists()  # only the source used
+
+    def no_fit(*a, **k):
+        raise AssertionError("refitted a cached song")
+
+    # the prior fits are cached beside the plain fits: a second run refits nothing
+    monkeypatch.setattr(B, "fit_setting", no_fit)
+    runner.prepare_targets(plan)
+    again = read_param_targets(u.config["data"]["param_targets"])[1]
+    assert all(np.array_equal(again[n], params[n]) for n in params)
+    (exp_dir / "config.yaml").write_text(text + "param_target_prior_weight: -1\n")
+    with pytest.raises(MstError, match="param_target_prior_weight -1 is not a positive number"):
+        runner.make_plan(parse([exp_dir, "--budget", "test"]))
+
+
+def test_a_prior_holds_a_fit_near_it_and_the_median_setting_is_per_parameter():
+    from mst_single.experiments.baselines import fit_setting, median_setting
+    from mst_single.losses import MRSTFTL1Loss
+
+    console, raw, target = _toy_problem()  # the target needs the input gain at 0.8 (neutral 0.5)
+    loss = MRSTFTL1Loss(**SMALL_LOSS)
+    prior = console.default_params(1)
+    kw = dict(max_steps=60, lr=0.1, patience=100, min_delta=1e-3, loss_fn=loss, progress=False)
+    free, _ = fit_setting(console, lambda step: (raw, target), **kw)
+    held, _ = fit_setting(console, lambda step: (raw, target), prior=prior, prior_weight=1000.0, **kw)
+    same, _ = fit_setting(console, lambda step: (raw, target), prior=prior, prior_weight=0.0, **kw)
+    assert float(free[0, 0]) - float(prior[0, 0]) > 0.1  # on its way to the gain of 0.8
+    assert abs(float(held[0, 0]) - float(prior[0, 0])) < 0.02  # a strong prior wins over the audio
+    assert (held - prior).abs().max() < 0.2 * (free - prior).abs().max()
+    assert torch.equal(same, free)  # weight 0: no prior at all
+    a, b, c = torch.tensor([[0.1, 0.5, 0.9]]), torch.tensor([[0.2, 0.5, 0.98]]), torch.tensor([[0.9, 0.5, 0.7]])
+    med = median_setting([a, b, c])
+    assert med.shape == (1, 3) and torch.allclose(med, torch.tensor([[0.2, 0.5, 0.9]]), atol=1e-5)
 
 
 def test_true_setting_baseline_scores_each_songs_true_setting_and_needs_truth(tiny, tmp_path):

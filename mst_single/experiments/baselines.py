@@ -68,7 +68,8 @@ def _budget(budget: dict | None) -> dict:
 
 def fit_setting(console, batches, *, max_steps: int, lr: float, patience: int, min_delta: float,
                 init: torch.Tensor | None = None, loss_fn=None, desc: str = "fitting",
-                progress: bool = True) -> tuple[torch.Tensor, FitInfo]:
+                progress: bool = True, prior: torch.Tensor | None = None,
+                prior_weight: float = 0.0) -> tuple[torch.Tensor, FitInfo]:
     """Fit one setting p (1, P) in [0, 1] by Adam on ``loss_fn(console(raw, p), target)["loss"]``.
 
     Args:
@@ -79,6 +80,9 @@ def fit_setting(console, batches, *, max_steps: int, lr: float, patience: int, m
             for ``patience`` steps in a row.
         init: starting setting (1, P); default the console's neutral setting.
         loss_fn: default ``MRSTFTL1Loss()`` (the training loss at its default weights).
+        prior, prior_weight: a setting (1, P) and a weight: adds ``prior_weight`` x the mean over
+            the P parameters of the squared logit distance to ``prior``, so that a parameter the
+            audio barely constrains stays at the prior instead of wandering (``oracle-prior``).
 
     Returns:
         (p (1, P) detached, FitInfo).
@@ -89,6 +93,7 @@ def fit_setting(console, batches, *, max_steps: int, lr: float, patience: int, m
     loss_fn = loss_fn or MRSTFTL1Loss()
     start = console.default_params(1) if init is None else init.detach().reshape(1, -1)
     logits = torch.nn.Parameter(_logits(start.float()))
+    anchor = None if prior is None or not prior_weight else _logits(prior.detach().reshape(1, -1).float())
     opt = torch.optim.Adam([logits], lr=lr)
     history, ema, best, since = [], None, float("inf"), 0
     stopped_by = "max_steps"
@@ -98,6 +103,8 @@ def fit_setting(console, batches, *, max_steps: int, lr: float, patience: int, m
             raw, target = batches(step)
             p = torch.sigmoid(logits).expand(raw.shape[0], -1)
             loss = loss_fn(console(raw, p), target)["loss"]
+            if anchor is not None:
+                loss = loss + float(prior_weight) * (logits - anchor).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             if not torch.isfinite(logits.grad).all():  # one bad crop must not poison the setting
@@ -172,19 +179,21 @@ def file_digest(path) -> str:
     return _DIGESTS[key]
 
 
-def _oracle_key(song, console, target_lufs, budget, seed, loss_fn) -> str:
+def _oracle_key(song, console, target_lufs, budget, seed, loss_fn, prior=None) -> str:
     from mst_single.experiments.config import stable_hash
 
     # the files' contents, not their path and mtime: a data folder copied elsewhere (a fresh clone
     # given the cache, Drive -> a Colab disk) keeps its fits; a changed file is refitted
     files = [file_digest(f) for f in (song.raw_path, song.mixed_path)]
     loss = "default" if loss_fn is None else repr(loss_fn)
-    return stable_hash(["oracle", 2, files, song.lag, console.sample_rate, console.stages, target_lufs, budget, seed, loss])
+    key = ["oracle", 2, files, song.lag, console.sample_rate, console.stages, target_lufs, budget, seed, loss]
+    return stable_hash(key if prior is None else key + [prior])  # unchanged without a prior: old caches stay valid
 
 
 def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None, cache_dir: str | os.PathLike | None = None,
               seed: int = 0, restarts: int | None = None, loss_fn=None, progress: bool = True,
-              refit: bool = False) -> dict[str, tuple[torch.Tensor, FitInfo]]:
+              refit: bool = False, prior: torch.Tensor | None = None,
+              prior_weight: float = 0.0) -> dict[str, tuple[torch.Tensor, FitInfo]]:
     """The ``oracle``: per song (``SongInfo`` list) a setting fitted on crops of its own pair.
 
     Restart 0 starts from the neutral setting, restart r > 0 from a random one (seeded by ``seed``
@@ -193,6 +202,11 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
     wins (its ``FitInfo.score``). Cached per song in ``cache_dir/oracle-<hash>.json`` by the song's
     files (their sha256: a copied data folder keeps its fits), alignment, sample rate, console stages, loss, budget and seed;
     ``refit`` ignores (and replaces) the cached fits.
+
+    ``prior`` (1, P) with ``prior_weight`` > 0 (the ``oracle-prior`` parameter targets): one start,
+    from the prior, and the loss pulled toward it (``fit_setting``); ``restarts`` is ignored. Songs
+    with a similar take then get similar settings where the audio leaves a parameter free, which
+    makes the fits a regression target a network can follow.
     """
     from mst_single.data import load_aligned, song_loudness
     from mst_single.fileio import write_json
@@ -201,12 +215,18 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
 
     b = _budget(budget)
     restarts = int(restarts if restarts is not None else b.get("restarts", 1))
+    anchored = prior is not None and prior_weight > 0
+    if anchored:
+        restarts = 1
+        prior = prior.detach().reshape(1, -1).float()
+        prior_key = {"prior": [round(float(v), 6) for v in prior.reshape(-1)], "weight": float(prior_weight)}
     b["restarts"] = restarts
     fit_b = {k: b[k] for k in FIT_DEFAULTS}
     score_fn = loss_fn or MRSTFTL1Loss()
     out = {}
     for k, song in enumerate(songs):
-        cache = Path(cache_dir) / f"oracle-{_oracle_key(song, console, target_lufs, b, seed, loss_fn)}.json" \
+        key = _oracle_key(song, console, target_lufs, b, seed, loss_fn, prior_key if anchored else None)
+        cache = Path(cache_dir) / f"oracle-{key}.json" \
             if cache_dir else None
         if cache is not None and cache.exists() and not refit:
             saved = json.loads(cache.read_text())
@@ -227,9 +247,11 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
                 starts = rng.integers(0, n - crop + 1, size=int(b["batch_size"]))
                 return torch.cat([x[..., s:s + crop] for s in starts]), torch.cat([y[..., s:s + crop] for s in starts])
 
-            init = None if r == 0 else torch.from_numpy(rng.uniform(0.1, 0.9, (1, console.num_params))).float()
+            init = prior if anchored else (
+                None if r == 0 else torch.from_numpy(rng.uniform(0.1, 0.9, (1, console.num_params))).float())
             p, info = fit_setting(console, batches, **{k: fit_b[k] for k in ("max_steps", "lr", "patience", "min_delta")},
                                   init=init, loss_fn=loss_fn, progress=progress,
+                                  prior=prior if anchored else None, prior_weight=prior_weight if anchored else 0.0,
                                   desc=f"oracle {song.name} ({k + 1}/{len(songs)}) restart {r + 1}/{restarts}")
             info.score = _song_loss(console, target_lufs, song, raw, y, p, score_fn)
             tried.append({"steps": info.steps, "stopped_by": info.stopped_by, "score": info.score})
@@ -245,3 +267,10 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
         if cache is not None:
             write_json(cache, {"song": song.name, "p": p.reshape(-1).tolist(), "info": asdict(info)})
     return out
+
+
+def median_setting(settings) -> torch.Tensor:
+    """The per-parameter median, in logit space, of settings (each (1, P) in [0, 1]): the prior of
+    the ``oracle-prior`` fits. The median, because audio-equivalent fits scatter to the box edges."""
+    logits = torch.cat([_logits(torch.as_tensor(p, dtype=torch.float32).reshape(1, -1)) for p in settings])
+    return torch.sigmoid(logits.median(dim=0).values)[None]

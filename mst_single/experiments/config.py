@@ -13,7 +13,8 @@ Experiment config (its first line is the command that runs it)::
         train_fraction: 0.25                    # optional: keep this share of the training songs
         data: [demo-adaptive]                   # optional: only these data sets
         param_targets: truth                    # optional, with model.param_loss_weight > 0: the
-                                                # oracle's fits (default) or truth.json (demo data)
+                                                # oracle's fits (default), oracle-prior (refitted
+                                                # toward the fold's median fit) or truth.json (demo data)
         refine: {steps: 30, crops: 4}           # optional, Approach 1: at evaluation, refine each song's
                                                 # setting on its references' style (mst_single/style.py)
     eval: {reference_policies: [other]}        # optional: anything of the base to change
@@ -48,7 +49,8 @@ def _bool(v) -> bool:
 
 
 REFINE_KEYS = {"steps": int, "lr": float, "crops": int, "match_level": _bool}  # style.refine_setting's arguments
-TARGET_SOURCES = ("oracle", "truth")  # where the parameter targets come from (runner.prepare_targets)
+TARGET_SOURCES = ("oracle", "oracle-prior", "truth")  # where the parameter targets come from (runner.prepare_targets)
+PRIOR_WEIGHT = 0.05  # oracle-prior: pull toward the fold's median fit (``param_target_prior_weight:`` overrides)
 DEMO_BUILD = "mst-single demo-data {folder}"
 
 # The data settings: the ``data:`` keys (of ``mst_single.data.VocalDataModule``, whose signature gives
@@ -163,7 +165,7 @@ def load_experiment(folder: Path) -> dict:
                            f"use {', '.join(sorted(VARIANT_KEYS))}")
         if v.get("param_targets", "oracle") not in TARGET_SOURCES:
             raise MstError(f"variant {name!r}: param_targets {v['param_targets']!r} is not one of "
-                           f"{', '.join(TARGET_SOURCES)}", path, "use `oracle` (fitted, any data) or `truth` (demo data)")
+                           f"{', '.join(TARGET_SOURCES)}", path, "use `oracle` or `oracle-prior` (fitted, any data) or `truth` (demo data)")
         if "refine" in v:
             v["refine"] = refine_settings(v["refine"], f"variant {name!r}", path)
         if "/" in name or name in RESERVED:
@@ -213,6 +215,16 @@ def folds_of(exp: dict, budget: str, override: int | None = None) -> int:
     if k < 0 or k == 1:
         raise MstError(f"--folds {k}: use 0 (no folds: the hash split) or at least 2", fix="e.g. --folds 5")
     return k
+
+
+def prior_weight(exp: dict) -> float:
+    """The ``oracle-prior`` targets' pull toward the prior (``param_target_prior_weight:``, default
+    ``PRIOR_WEIGHT``): x the mean squared logit distance, next to an MR-STFT + L1 loss of ~0.5-1."""
+    w = exp.get("param_target_prior_weight", PRIOR_WEIGHT)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+        raise MstError(f"param_target_prior_weight {w!r} is not a positive number",
+                       Path(exp["folder"]) / CONFIG_NAME, f"e.g. param_target_prior_weight: {PRIOR_WEIGHT}")
+    return float(w)
 
 
 def baseline_settings(exp: dict, budget: str) -> dict:

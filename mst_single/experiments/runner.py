@@ -213,7 +213,9 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
     if refine:  # only when set: the hashes (and reuse) of every other run stay as they were
         spec["refine"] = refine
     if targets:  # the targets' content depends on the oracle's fitting settings
-        spec["param_targets"] = C.baseline_settings(exp, plan.budget).get("oracle") if targets == "oracle" else targets
+        oracle = C.baseline_settings(exp, plan.budget).get("oracle")
+        prior = dict(oracle=oracle, prior_weight=C.prior_weight(exp)) if targets == "oracle-prior" else None
+        spec["param_targets"] = {"oracle": oracle, "oracle-prior": prior}.get(targets, targets)
     spec["hash"] = C.stable_hash(spec)
     spec["report"] = report_for(plan, data) if seed == plan.report["seed"] else None
     unit.spec = spec
@@ -273,8 +275,10 @@ def prepare_targets(plan: Plan, force: bool = False) -> None:
     """Per data set × fold × source whose runs use ``model.param_loss_weight``: write the setting of
     each of the fold's training and validation songs to ``runs/_data/DATA/param-targets[-truth]-foldK.json``
     (``mst_single.data.read_param_targets``); the fold's test songs are never in it. Source ``oracle``
-    (the default): the oracle baseline's fits (cached, shared with the baseline); ``truth``: the
-    data's truth.json (demo data only: the ceiling of what the parameter loss can give)."""
+    (the default): the oracle baseline's fits (cached, shared with the baseline); ``oracle-prior``:
+    each song refitted from, and pulled toward, the median of those fits over the fold's training and
+    validation songs (``baselines.fit_songs(prior=...)``, cached too); ``truth``: the data's
+    truth.json (demo data only: the ceiling of what the parameter loss can give)."""
     from mst_single.experiments import evaluate as E
 
     need = {}
@@ -294,8 +298,24 @@ def prepare_targets(plan: Plan, force: bool = False) -> None:
         print(f"parameter targets fold {f} ({d}): the oracle setting of {len(songs)} training/validation songs "
               f"(cached in {oracle_cache(plan)})", flush=True)
         fits, console = fit_oracle(plan, d, model, songs, force)
+        if source == "oracle-prior":
+            fits = fit_prior(plan, model, songs, console, fits, force)
         write_json(path, {"names": list(console.param_names) if console else [],
                           "params": {n: p.reshape(-1).tolist() for n, (p, _) in sorted(fits.items())}})
+
+
+def fit_prior(plan: Plan, model: dict, songs: list, console, fits: dict, force: bool = False) -> dict:
+    """The ``oracle-prior`` targets: ``songs`` refitted from the median of their oracle ``fits``,
+    pulled toward it (``C.prior_weight``); cached with the oracle's fits."""
+    from mst_single.experiments import baselines as B
+
+    settings = C.baseline_settings(plan.exp, plan.budget)
+    prior, weight = B.median_setting([fits[s.name][0] for s in songs]), C.prior_weight(plan.exp)
+    print(f"parameter targets: refitting {len(songs)} songs toward their median oracle setting "
+          f"(weight {weight:g})", flush=True)
+    return B.fit_songs(console, songs, target_lufs=float(model.get("target_lufs", -23.0)),
+                       budget=settings.get("oracle") or {}, cache_dir=oracle_cache(plan),
+                       seed=int(settings.get("seed", 0)), refit=force, prior=prior, prior_weight=weight)
 
 
 def truth_targets(folder: Path, model: dict, songs: list) -> dict:
