@@ -251,7 +251,7 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
                 None if r == 0 else torch.from_numpy(rng.uniform(0.1, 0.9, (1, console.num_params))).float())
             p, info = fit_setting(console, batches, **{k: fit_b[k] for k in ("max_steps", "lr", "patience", "min_delta")},
                                   init=init, loss_fn=loss_fn, progress=progress,
-                                  prior=prior if anchored else None, prior_weight=prior_weight if anchored else 0.0,
+                                  prior=prior, prior_weight=prior_weight,
                                   desc=f"oracle {song.name} ({k + 1}/{len(songs)}) restart {r + 1}/{restarts}")
             info.score = _song_loss(console, target_lufs, song, raw, y, p, score_fn)
             tried.append({"steps": info.steps, "stopped_by": info.stopped_by, "score": info.score})
