@@ -613,6 +613,15 @@ def song_descriptors(song: SongInfo) -> np.ndarray:
     return np.asarray(song.descriptors, np.float32)
 
 
+def house_loudness(songs: list[SongInfo]) -> float | None:
+    """The median integrated loudness (LUFS) of the songs' mixed files, silent ones left out; None if
+    every one is silent. `model.match_loudness` normalises every mixed song to it (experiments/e08)."""
+    from mst_single.loudness import SILENCE_LUFS, integrated_loudness
+
+    values = [v for v in (integrated_loudness(*load_audio(s.mixed_path)) for s in songs) if v > SILENCE_LUFS]
+    return float(np.median(values)) if values else None
+
+
 def load_aligned(song: SongInfo) -> tuple[np.ndarray, np.ndarray]:
     """Full-length aligned audio of one song: (raw (1, N), mixed (2, N)) float32 at song.sample_rate."""
     raw = read_segment(song.raw_path, song.raw_offset, song.length, song.sample_rate, 1, song.raw_info())

@@ -386,6 +386,12 @@ class VocalDataModule(pl.LightningDataModule):
                     param_targets=self._targets if split in ("train", "val") else None,
                     descriptors=h.take_descriptors)
 
+    def param_targets(self, songs: list[SongInfo]) -> np.ndarray | None:
+        """The parameter targets (`data.param_targets`) of `songs`, (songs, P) in [0, 1]; None without targets."""
+        if self._targets is None:
+            return None
+        return np.stack([self._targets[s.name] for s in songs])
+
     def _loader(self, split: str):
         ds = self.datasets.get(split)
         if ds is None or len(ds) == 0:

@@ -139,3 +139,53 @@ def take_descriptors(x: np.ndarray, sample_rate: int) -> np.ndarray:
     meter = DescriptorMeter(sample_rate)
     meter.update(x.mean(axis=0) if x.ndim == 2 else x)
     return meter.result()
+
+
+DESCRIPTOR_CLIP = 5.0  # standardised descriptors are clipped to +- this many training-song std
+
+
+def descriptor_stats(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (songs, 13) -> (13,), (13,) of the training songs' descriptors; a descriptor that
+    is the same for every song (e.g. the 16 kHz band at 16 kHz) gets std 1: it carries nothing."""
+    D = np.asarray(D, np.float64)
+    std = D.std(0)
+    return D.mean(0), np.where(std > 1e-6, std, 1.0)
+
+
+def standardise(D: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(..., 13) descriptors -> standardised by the training songs' statistics, clipped to +-5: a take
+    far outside the training songs would otherwise be extrapolated linearly."""
+    return np.clip((np.asarray(D, np.float64) - mean) / std, -DESCRIPTOR_CLIP, DESCRIPTOR_CLIP)
+
+
+RIDGE_STRENGTHS = tuple(10.0 ** (k / 2) for k in range(-4, 7))  # 0.01 ... 1000
+RIDGE_MARGIN = 0.02  # settings clamped to [0.02, 0.98] before the logit: a setting at a range end has none
+
+
+def ridge_logits(Z: np.ndarray, Y: np.ndarray,
+                 strengths=RIDGE_STRENGTHS) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge regression of settings' logits on standardised descriptors, the strength chosen by
+    leave-one-out error (closed form: residual / (1 - leverage)).
+
+    Z (songs, D) standardised take descriptors; Y (songs, P) normalised settings in [0, 1].
+    Returns (W (D, P), b (P,), strength) with logit(setting) ~ b + Z @ W; the intercept is not
+    penalised. A few dozen songs and 13 descriptors: the closed form is exact and instant, where the
+    network's audio loss needs hundreds of steps to move the same map (experiments/e12).
+    """
+    Z, Y = np.asarray(Z, np.float64), np.asarray(Y, np.float64)
+    if Z.ndim != 2 or Y.ndim != 2 or len(Z) != len(Y) or len(Z) < 3:
+        raise ValueError(f"ridge_logits needs Z (songs, D) and Y (songs, P) with >= 3 songs, got {Z.shape}, {Y.shape}")
+    Yc = np.clip(Y, RIDGE_MARGIN, 1 - RIDGE_MARGIN)
+    L = np.log(Yc / (1 - Yc))
+    zm, lm = Z.mean(0), L.mean(0)
+    X, Lc, n = Z - zm, L - lm, len(Z)
+    best = None
+    for lam in strengths:
+        inv = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T)  # (D, songs)
+        W = inv @ Lc
+        leverage = (X * inv.T).sum(1) + 1.0 / n  # + 1/n: the intercept's own share
+        err = float((((Lc - X @ W) / (1 - leverage)[:, None]) ** 2).mean())
+        if best is None or err < best[0]:
+            best = (err, lam, W)
+    _, lam, W = best
+    return W, lm - zm @ W, float(lam)

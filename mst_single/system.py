@@ -29,13 +29,11 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from mst_single.console import VocalConsole
-from mst_single.descriptors import NUM_DESCRIPTORS
+from mst_single.descriptors import DESCRIPTOR_CLIP, NUM_DESCRIPTORS, descriptor_stats
 from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
 from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
-
-DESCRIPTOR_CLIP = 5.0  # standardised take descriptors are clipped to +- this many training-song std
 
 
 class VocalMST(pl.LightningModule):
@@ -93,10 +91,15 @@ class VocalMST(pl.LightningModule):
             (`mst_single.descriptors`: octave-band balance, spectral centroid, level spread, pause
             share, crest factor of the whole raw song), standardised by the training songs' mean
             and standard deviation (measured when `fit` starts, saved in the checkpoint), through a
-            zero-initialised linear map added to the head's logits. The data layer measures them
+            linear map (see `descriptor_init`) added to the head's logits. The data layer measures them
             once per song, `mix` on the whole input file (experiments/e10).
-        descriptor_lr: learning rate of that linear map (None: `lr`); it starts at zero and has
-            13 x 30 weights, so it can take larger steps than the network.
+        descriptor_lr: learning rate of that linear map (None: `lr`); it has 13 x 30 weights, so it
+            can take larger steps than the network.
+        descriptor_init: where that map starts. "zero": nothing (the network begins as it would
+            without descriptors). "ridge": at the ridge regression of the training songs' parameter
+            targets (`data.param_targets`, logits) on their standardised descriptors, strength by
+            leave-one-out (`descriptors.ridge_logits`), fitted when `fit` starts (not again when a
+            run resumes); the network then learns what the descriptors leave (experiments/e12).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class VocalMST(pl.LightningModule):
         match_loudness: bool = False,
         take_descriptors: bool = False,
         descriptor_lr: float | None = None,
+        descriptor_init: Literal["zero", "ridge"] = "zero",
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -141,6 +145,16 @@ class VocalMST(pl.LightningModule):
         if self.take_descriptors:  # the training songs' statistics, measured by on_fit_start
             self.register_buffer("descriptor_mean", torch.full((NUM_DESCRIPTORS,), float("nan")))
             self.register_buffer("descriptor_std", torch.full((NUM_DESCRIPTORS,), float("nan")))
+        if descriptor_init not in ("zero", "ridge"):
+            raise MstError(f"model.descriptor_init must be 'zero' or 'ridge', got {descriptor_init!r}",
+                           fix="'ridge' starts the descriptor map at the fit of the parameter targets, 'zero' at nothing")
+        self.descriptor_init = descriptor_init
+        if descriptor_init == "ridge":
+            if not self.take_descriptors:
+                raise MstError("model.descriptor_init is 'ridge' but model.take_descriptors is off: there is no "
+                               "descriptor map to start", fix="set model.take_descriptors: true, or descriptor_init: zero")
+            # saved with the weights, so that a resumed run keeps its trained map instead of refitting it
+            self.register_buffer("descriptor_ridge_strength", torch.tensor(float("nan")))
         if descriptor_lr is not None and not descriptor_lr > 0:
             raise MstError(f"model.descriptor_lr must be > 0 or null, got {descriptor_lr}", fix="e.g. 0.02, or null for model.lr")
         self.param_loss_weight = float(param_loss_weight)
@@ -271,28 +285,22 @@ class VocalMST(pl.LightningModule):
                 raise MstError("the parameter targets were fitted for another console (parameter names differ: "
                                f"{len(names)} vs {len(self.param_names)})", where,
                                "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
+        if self.descriptor_init == "ridge" and not math.isfinite(float(self.descriptor_ridge_strength)):
+            self._init_descriptor_map()
 
     def _measure_house_lufs(self) -> float:
-        import numpy as np
-
-        from mst_single.audio import load_audio
-        from mst_single.loudness import SILENCE_LUFS, integrated_loudness
+        from mst_single.audio import house_loudness
 
         dm = getattr(self.trainer, "datamodule", None)
         songs = (getattr(dm, "splits", None) or {}).get("train")
         if not songs:
             raise MstError("model.match_loudness needs the training songs to measure the house loudness",
                            fix="train with the VocalDataModule (`mst-single fit`), or set model.match_loudness: false")
-        values = []
-        for s in songs:
-            x, sr = load_audio(s.mixed_path)
-            v = integrated_loudness(x, sr)
-            if v > SILENCE_LUFS:
-                values.append(v)
-        if not values:
+        v = house_loudness(songs)
+        if v is None:
             raise MstError("every training mix is silent: no house loudness to learn",
                            fix="check the mixed files (`mst-single check-data DATA`)")
-        return float(np.median(values))
+        return v
 
     def _measure_descriptor_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         import numpy as np
@@ -304,11 +312,37 @@ class VocalMST(pl.LightningModule):
         if not songs:
             raise MstError("model.take_descriptors needs the training songs to standardise the descriptors",
                            fix="train with the VocalDataModule (`mst-single fit`), or set model.take_descriptors: false")
-        d = torch.from_numpy(np.stack([song_descriptors(s) for s in songs])).double()
+        mean, std = descriptor_stats(np.stack([song_descriptors(s) for s in songs]))
         self._n_desc_songs = len(songs)
-        std = d.std(0, unbiased=False)
-        # a descriptor that is the same for every training song (e.g. the 16 kHz band at 16 kHz) carries nothing
-        return d.mean(0).float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+        return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+    def _init_descriptor_map(self) -> None:
+        """Set the descriptor map to the ridge fit of the training songs' parameter targets."""
+        import numpy as np
+
+        from mst_single.audio import song_descriptors
+        from mst_single.descriptors import ridge_logits
+
+        dm = getattr(self.trainer, "datamodule", None)
+        songs = (getattr(dm, "splits", None) or {}).get("train") or []
+        targets = dm.param_targets(songs) if hasattr(dm, "param_targets") else None
+        if targets is None or len(songs) < 3:
+            raise MstError("model.descriptor_init is 'ridge' but there are no parameter targets for >= 3 training songs "
+                           "to fit the map to", getattr(getattr(dm, "hparams", None), "param_targets", None),
+                           "set data.param_targets (`mst-single ablate` fits them), or model.descriptor_init: zero")
+        if list(dm.param_target_names) != self.param_names:
+            raise MstError("the parameter targets were fitted for another console (parameter names differ)",
+                           dm.hparams.param_targets, "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
+        d = torch.from_numpy(np.stack([song_descriptors(s) for s in songs]))
+        z = self._descriptors(d, len(songs)).double().numpy()
+        W, b, lam = ridge_logits(z, targets)
+        head = self.controller.descriptor_head
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(W.T))
+            head.bias.copy_(torch.from_numpy(b))
+            self.descriptor_ridge_strength.fill_(lam)
+        rank_zero_info(f"descriptor map: started at the ridge fit of {len(songs)} training songs' parameter targets "
+                       f"(strength {lam:g}, chosen by leave-one-out)")
 
     def _step(self, batch: dict, stage: str) -> dict:
         self._songs = list(batch.get("song", []))

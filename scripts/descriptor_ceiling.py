@@ -29,32 +29,16 @@ import yaml
 
 from mst_single.audio import load_audio, song_descriptors
 from mst_single.console import VocalConsole
+from mst_single.descriptors import descriptor_stats, ridge_logits, standardise
 from mst_single.experiments import baselines as B
 from mst_single.experiments import config as C
 from mst_single.experiments import evaluate as E
 from mst_single.loudness import integrated_loudness
-from mst_single.system import DESCRIPTOR_CLIP
-
-LAMBDAS = [10.0 ** (k / 2) for k in range(-4, 7)]  # 0.01 ... 1000
-MARGIN = 0.02  # targets clamped to [0.02, 0.98] before the logit
-
 
 def ridge(Z: np.ndarray, Y: np.ndarray, Zt: np.ndarray) -> tuple[np.ndarray, float]:
-    """Logit-space ridge of Y (songs, P) in [0, 1] on Z (songs, D); predictions for Zt, and the
-    strength with the smallest leave-one-out error (closed form: residual / (1 - leverage))."""
-    L = np.log(np.clip(Y, MARGIN, 1 - MARGIN) / (1 - np.clip(Y, MARGIN, 1 - MARGIN)))
-    zm, lm = Z.mean(0), L.mean(0)
-    X, Lc, n = Z - zm, L - lm, len(Z)
-    best = None
-    for lam in LAMBDAS:
-        inv = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T)
-        W = inv @ Lc
-        lev = (X * inv.T).sum(1) + 1.0 / n
-        err = float((((Lc - X @ W) / (1 - lev)[:, None]) ** 2).mean())
-        if best is None or err < best[0]:
-            best = (err, lam, W)
-    _, lam, W = best
-    return 1 / (1 + np.exp(-(lm + (Zt - zm) @ W))), lam
+    """Settings predicted for Zt by the logit-space ridge of Y (songs, P) on Z (songs, D), and its strength."""
+    W, b, lam = ridge_logits(Z, Y)
+    return 1 / (1 + np.exp(-(b + Zt @ W))), lam
 
 
 def main() -> None:
@@ -81,10 +65,8 @@ def main() -> None:
         train = ts.splits["train"] + ts.splits["val"]
         house = float(np.median([integrated_loudness(*load_audio(s.mixed_path)) for s in ts.splits["train"]]))
         D = np.stack([song_descriptors(s) for s in train])
-        mu, sd = D.mean(0), D.std(0)
-        sd[sd < 1e-6] = 1.0
-        Z = np.clip((D - mu) / sd, -DESCRIPTOR_CLIP, DESCRIPTOR_CLIP)
-        Zt = np.clip((np.stack([song_descriptors(s) for s in ts.songs]) - mu) / sd, -DESCRIPTOR_CLIP, DESCRIPTOR_CLIP)
+        mu, sd = descriptor_stats(D)
+        Z, Zt = standardise(D, mu, sd), standardise(np.stack([song_descriptors(s) for s in ts.songs]), mu, sd)
         targets = json.loads((base / f"param-targets-fold{fold}.json").read_text())["params"]
         true = np.stack([console.known_setting(truth[s.name]["params"])[0].numpy() for s in train])
         oracle = np.stack([np.asarray(targets[s.name]) for s in train])

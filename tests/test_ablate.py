@@ -475,6 +475,60 @@ def test_true_setting_baseline_scores_each_songs_true_setting_and_needs_truth(ti
     assert "truth.json" in str(e.value) and "demo-data" in str(e.value)
 
 
+def test_descriptor_ridge_baseline_is_the_ridge_of_the_prior_targets_on_the_training_songs(tmp_path, monkeypatch):
+    from mst_single.audio import house_loudness, song_descriptors
+    from mst_single.demo import make_demo_data
+    from mst_single.descriptors import descriptor_stats, ridge_logits, standardise
+    from mst_single.experiments import baselines as B
+    from mst_single.experiments import evaluate as E
+    from mst_single.experiments import stats as S
+
+    data = make_demo_data(tmp_path / "demo", songs=10, seconds=3, seed=1, sample_rate=16000, style="adaptive")
+    exp_dir = write_experiment(tmp_path / "exp-ridge", data)
+    text = (exp_dir / "config.yaml").read_text() + "baselines: [mean-preset, descriptor-ridge]\n"
+    (exp_dir / "config.yaml").write_text(text)
+    monkeypatch.setenv("MST_ORACLE_CACHE", str(tmp_path / "cache"))
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    runner.prepare_data(plan)
+    out = runner.run_baselines(plan, "demo", 0)
+    testset = E.TestSet(**plan.units[0].eval_data)
+    train, val = list(testset.splits["train"]), list(testset.splits["val"])
+    assert len(train) >= 3 and testset.names
+    mrstft = {r["song"] for r in out["rows"] if r["variant"] == "descriptor-ridge" and r["metric"] == "mrstft"}
+    assert mrstft == set(testset.names) | {"mean"}
+
+    # the same numbers from the pieces: prior targets of train+val (cached: no refit), the ridge on train only
+    fits, console = runner.fit_oracle(plan, "demo", plan.units[0].config["model"], train + val)
+    monkeypatch.setattr(B, "fit_setting", lambda *a, **k: pytest.fail("refitted a cached prior fit"))
+    prior = runner.fit_prior(plan, plan.units[0].config["model"], train + val, console, fits)
+    D = np.stack([song_descriptors(s) for s in train])
+    mean, std = descriptor_stats(D)
+    W, b, lam = ridge_logits(standardise(D, mean, std), np.stack([prior[s.name][0].reshape(-1).numpy() for s in train]))
+    got = {(r["song"], r["param"]): float(r["value"]) for r in out["predictions"] if r["variant"] == "descriptor-ridge"}
+    index = {n: i for i, n in enumerate(console.param_names)}
+    assert {s for s, _ in got} == set(testset.names)
+    for song in testset.songs:
+        want = 1 / (1 + np.exp(-(b + standardise(song_descriptors(song), mean, std) @ W)))
+        # all but the output gain, which moves each song to the house loudness (as model.match_loudness does)
+        bad = [(p, v, want[index[p]]) for (s, p), v in got.items()
+               if s == song.name and p != "output_gain_db" and abs(v - want[index[p]]) > 1e-6]
+        assert not bad
+    info = out["fits"]["descriptor-ridge"]
+    assert info["strength"] == lam and info["train_songs"] == len(train)
+    assert info["house_lufs"] == pytest.approx(house_loudness(train))
+    # another prior weight is another baseline: not reused from the cache
+    assert runner.run_baselines(plan, "demo", 0).get("reused")
+    (exp_dir / "config.yaml").write_text(text + "param_target_prior_weight: 0.5\n")
+    monkeypatch.undo()
+    monkeypatch.setenv("MST_ORACLE_CACHE", str(tmp_path / "cache"))
+    plan = runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    assert not runner.run_baselines(plan, "demo", 0).get("reused")
+    # the tables compare it with the mean preset and each trained variant with it
+    pairs = S.default_pairs([("approach2", "-"), ("mean-preset", "-"), ("descriptor-ridge", "-")])
+    assert (("descriptor-ridge", "-"), ("mean-preset", "-")) in pairs
+    assert (("approach2", "-"), ("descriptor-ridge", "-")) in pairs
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 def test_derangement_has_no_fixed_point_and_is_seeded():
     from mst_single.experiments.evaluate import derangement

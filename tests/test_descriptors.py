@@ -181,6 +181,78 @@ def test_evaluation_and_mix_read_the_same_descriptors_of_the_whole_raw(fitted, t
     assert "What the model read of the take" in sheet and "level spread" in sheet
 
 
+def _write_targets(path, root, sign):
+    """Parameter targets of every training and validation song of the tiny split that follow the
+    take: logit = sign x (the song's first standardised descriptors); returns the training songs."""
+    from mst_single.console import VocalConsole
+    from mst_single.data import VocalDataModule, song_descriptors
+
+    dm = VocalDataModule(str(root), sample_rate=SR, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    names = VocalConsole(SR).param_names
+    songs = dm.splits["train"] + dm.splits["val"]
+    d = np.stack([song_descriptors(s) for s in dm.splits["train"]])
+    mu, sd = d.mean(0), np.where(d.std(0) > 1e-6, d.std(0), 1.0)
+    params = {}
+    for s in songs:
+        z = np.clip((song_descriptors(s) - mu) / sd, -5, 5)
+        params[s.name] = (1 / (1 + np.exp(-sign * np.resize(z[:4], len(names))))).tolist()
+    path.write_text(json.dumps({"names": list(names), "params": params}))
+    return dm.splits["train"]
+
+
+def test_descriptor_map_starts_at_the_ridge_fit_of_the_targets_and_a_resumed_run_keeps_its_own(tmp_path):
+    from mst_single.data import read_param_targets, song_descriptors
+    from mst_single.descriptors import RIDGE_STRENGTHS, ridge_logits
+    from mst_single.demo import make_demo_data
+    from mst_single.experiments.evaluate import load_model
+    from mst_single.train import cli_main
+
+    root = make_demo_data(tmp_path / "demo", songs=7, seconds=3, sample_rate=SR)
+    train = _write_targets(tmp_path / "t1.json", root, 1.0)
+    # a learning rate of 1e-9 leaves the map where it started (AdamW moves each weight by ~lr per step)
+    args = ["fit", "-c", str(REPO / "configs" / "approach2.yaml"), *tiny_fit_args(root, tmp_path / "runs"),
+            "--model.take_descriptors", "true", "--model.descriptor_lr", "1e-9", "--model.param_loss_weight", "0.1",
+            "--model.descriptor_init", "ridge", "--run_name", "r"]
+    assert cli_main([*args, "--data.param_targets", str(tmp_path / "t1.json")]) == 0
+    model = load_model(tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt")
+    d = torch.from_numpy(np.stack([song_descriptors(s) for s in train]))
+    z = ((d - model.descriptor_mean) / model.descriptor_std).clamp(-5, 5).double().numpy()
+    _, t1 = read_param_targets(tmp_path / "t1.json")
+    W, b, lam = ridge_logits(z, np.stack([t1[s.name] for s in train]))
+    head = model.controller.descriptor_head
+    assert np.abs(W).max() > 0.2  # targets that follow the descriptors: a map far from zero
+    assert np.allclose(head.weight.detach().numpy(), W.T, atol=1e-5)
+    assert np.allclose(head.bias.detach().numpy(), b, atol=1e-5)
+    assert float(model.descriptor_ridge_strength) == pytest.approx(lam) and lam in RIDGE_STRENGTHS
+
+    # resumed with other targets: the map is the checkpoint's, not a refit (a lost Colab session
+    # must not undo what the run learned)
+    _write_targets(tmp_path / "t2.json", root, -1.0)
+    assert cli_main([*args, "--data.param_targets", str(tmp_path / "t2.json"), "--ckpt_path", "last",
+                     "--trainer.max_epochs", "2"]) == 0
+    ckpt = tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4  # 2 more steps trained
+    resumed = load_model(ckpt)
+    assert np.allclose(resumed.controller.descriptor_head.weight.detach().numpy(), W.T, atol=1e-5)
+
+
+def test_descriptor_init_ridge_needs_descriptors_and_targets(tmp_path, capsys):
+    from mst_single.demo import make_demo_data
+    from mst_single.errors import MstError
+    from mst_single.system import VocalMST
+    from mst_single.train import cli_main
+
+    with pytest.raises(MstError, match="take_descriptors is off"):
+        VocalMST(sample_rate=SR, descriptor_init="ridge")
+    with pytest.raises(MstError, match="must be 'zero' or 'ridge'"):
+        VocalMST(sample_rate=SR, take_descriptors=True, descriptor_init="pca")
+    root = make_demo_data(tmp_path / "demo", songs=5, seconds=2, sample_rate=SR)
+    assert cli_main(["fit", "-c", str(REPO / "configs" / "approach2.yaml"), *tiny_fit_args(root, tmp_path / "runs"),
+                     "--model.take_descriptors", "true", "--model.descriptor_init", "ridge", "--run_name", "x"]) == 2
+    assert "no parameter targets" in capsys.readouterr().err
+
+
 def test_descriptor_ceiling_ridge_recovers_a_linear_rule_and_shrinks_on_noise():
     """scripts/descriptor_ceiling.py (e10 README, "What limits it"): its logit-space ridge."""
     import importlib.util

@@ -9,6 +9,10 @@
   style as a single preset; no network), per data set × fold.
 - ``oracle``: a setting fitted per test song on random crops of that song's own aligned pair, with
   restarts; the restart whose setting scores best on the whole song wins. The chain's ceiling.
+- ``descriptor-ridge`` (optional): no network: each test song's setting predicted from its 13 take
+  descriptors by the ridge regression fitted to the training songs' ``oracle-prior`` settings
+  (:func:`descriptor_ridge`); the map a ``model.descriptor_init: ridge`` network starts from, mixed
+  at the house loudness as ``model.match_loudness`` does (experiments/e12).
 - ``true-setting`` (optional, demo data only): each test song's true setting from ``truth.json``, the
   setting that made its mix (``runner.true_settings``). What a network that predicts settings
   perfectly would score; below the oracle's score only where the console cannot follow the engine.
@@ -274,3 +278,21 @@ def median_setting(settings) -> torch.Tensor:
     the ``oracle-prior`` fits. The median, because audio-equivalent fits scatter to the box edges."""
     logits = torch.cat([_logits(torch.as_tensor(p, dtype=torch.float32).reshape(1, -1)) for p in settings])
     return torch.sigmoid(logits.median(dim=0).values)[None]
+
+
+def descriptor_ridge(train, targets: np.ndarray, songs) -> tuple[dict[str, torch.Tensor], float]:
+    """The ``descriptor-ridge`` baseline: ({song: (1, P) in [0, 1]}, ridge strength) for ``songs``,
+    from the ridge regression of ``targets`` (len(train), P) in [0, 1] on the ``train`` songs' take
+    descriptors, standardised by their statistics (``descriptors.ridge_logits``, leave-one-out
+    strength): exactly what ``model.descriptor_init: ridge`` puts in the network's descriptor map."""
+    from mst_single.audio import song_descriptors
+    from mst_single.descriptors import descriptor_stats, ridge_logits, standardise
+
+    D = np.stack([song_descriptors(s) for s in train])
+    mean, std = descriptor_stats(D)
+    W, b, lam = ridge_logits(standardise(D, mean, std), targets)
+    out = {}
+    for s in songs:
+        z = b + standardise(song_descriptors(s), mean, std) @ W
+        out[s.name] = torch.from_numpy(1 / (1 + np.exp(-z))).float().reshape(1, -1)
+    return out, lam

@@ -25,7 +25,7 @@ from mst_single.errors import MstError
 from mst_single.fileio import write_text
 
 NONE = "-"  # approach/policy/eval_policy where it does not apply (baselines, approach2)
-BASELINES = ("identity", "identity-level-matched", "mean-preset", "oracle", "true-setting")
+BASELINES = ("identity", "identity-level-matched", "mean-preset", "oracle", "true-setting", "descriptor-ridge")
 RESULTS_COLUMNS = ("experiment", "budget", "data", "variant", "approach", "policy", "eval_policy", "fold", "seed",
                    "song", "metric", "value")
 PREDICTIONS_COLUMNS = ("experiment", "budget", "data", "variant", "eval_policy", "fold", "seed", "song", "param",

@@ -551,8 +551,10 @@ def _safe(name: str) -> str:
 def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict:
     """Fit and evaluate the experiment's baselines on one data set × fold (cached in
     ``runs/_data/DATA/baselines-foldK.json``; the oracle's per-song fits in ``oracle_cache``)."""
+    import numpy as np
     import torch
 
+    from mst_single.audio import house_loudness
     from mst_single.console import VocalConsole
     from mst_single.experiments import baselines as B
     from mst_single.experiments import evaluate as E
@@ -569,6 +571,8 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
     spec = dict(experiment=exp["name"], budget=plan.budget, data=data, fold=fold, names=names,
                 data_settings=C.data_settings(eval_data), split=plan.splits[data][fold],
                 model={k: model.get(k) for k in ("stages", "target_lufs")}, settings=settings, report=report)
+    if "descriptor-ridge" in names:  # only then: the other experiments' cached baselines keep their hash
+        spec["prior_weight"] = C.prior_weight(exp)
     spec_hash = C.stable_hash(spec)
     cache = data_dir(plan.runs_dir, data) / f"baselines-fold{fold}.json"
     where = f"baselines fold {fold} ({data})"
@@ -600,6 +604,19 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
             print(f"{where}: mean-preset fitted on {len(testset.splits['train'])} training songs, {info.steps} steps "
                   f"({info.stopped_by}), loss {info.losses[0]:.4f} -> {info.losses[-1]:.4f}", flush=True)
             results = E.evaluate_setting(console, target_lufs, testset, p, desc="scoring mean-preset")
+        elif name == "descriptor-ridge":
+            train = list(testset.splits["train"])
+            both = train + list(testset.splits["val"])  # the songs prepare_targets refits: the same cached fits
+            fits, fit_console = fit_oracle(plan, data, model, both, force)
+            prior = fit_prior(plan, model, both, fit_console, fits, force)
+            p, lam = B.descriptor_ridge(train, np.stack([prior[s.name][0].reshape(-1).numpy() for s in train]),
+                                        testset.songs)
+            house = house_loudness(train)
+            fit_info = {"strength": lam, "train_songs": len(train), "house_lufs": house}
+            print(f"{where}: descriptor-ridge fitted on {len(train)} training songs (strength {lam:g}), mixed at "
+                  f"{house:.2f} LUFS", flush=True)
+            results = E.evaluate_setting(console, target_lufs, testset, p, desc="scoring descriptor-ridge",
+                                         output_lufs=house)
         elif name == "true-setting":
             results = E.evaluate_setting(console, target_lufs, testset, true_settings(testset, console),
                                          desc="scoring true-setting")
@@ -616,7 +633,7 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
                                          desc="scoring oracle")
         rows = result_rows(dict(meta, variant=name), NONE, seed, results)
         out["rows"] += rows
-        if name in ("mean-preset", "oracle"):
+        if name in ("mean-preset", "oracle", "descriptor-ridge"):
             out["predictions"] += prediction_rows(dict(meta, variant=name), NONE, seed, {r.song: r.setting for r in results})
             out["params"][name] = {r.song: r.params for r in results}
         out["fits"][name] = fit_info

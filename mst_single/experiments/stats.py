@@ -222,12 +222,17 @@ def paired(a: dict[str, float], b: dict[str, float], metric: str, a_cond=("A", N
 
 
 def default_pairs(conds: list[tuple[str, str]]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """The comparisons an ablation reports: every trained condition vs the mean preset, then every pair
-    of variants' headline conditions (e.g. approach1 with another song's mix vs approach2)."""
+    """The comparisons an ablation reports: every trained condition (and the ``descriptor-ridge``
+    baseline) vs the mean preset, then every pair of variants' headline conditions (e.g. approach1
+    with another song's mix vs approach2), then each headline vs ``descriptor-ridge`` when it ran."""
     model = [c for c in conds if c[0] not in BASELINES]
-    pairs = [(c, ("mean-preset", NONE)) for c in model] if ("mean-preset", NONE) in conds else []
+    ridge = ("descriptor-ridge", NONE)
+    predictors = model + ([ridge] if ridge in conds else [])  # the ridge predicts per song: scored like a model
+    pairs = [(c, ("mean-preset", NONE)) for c in predictors] if ("mean-preset", NONE) in conds else []
     heads = [h for h in (headline(conds, v) for v in dict.fromkeys(v for v, _ in model)) if h]
     pairs += [(heads[i], heads[j]) for i in range(len(heads)) for j in range(i + 1, len(heads))]
+    if ridge in conds:  # does the network add anything to the map it started from?
+        pairs += [(h, ridge) for h in heads]
     return pairs
 
 
