@@ -613,13 +613,21 @@ def song_descriptors(song: SongInfo) -> np.ndarray:
     return np.asarray(song.descriptors, np.float32)
 
 
-def house_loudness(songs: list[SongInfo]) -> float | None:
-    """The median integrated loudness (LUFS) of the songs' mixed files, silent ones left out; None if
-    every one is silent. `model.match_loudness` normalises every mixed song to it (experiments/e08)."""
+def house_loudness(songs: list[SongInfo]) -> float:
+    """The median integrated loudness (LUFS) of the songs' mixed files, silent ones left out.
+    `model.match_loudness` and the descriptor-ridge baseline mix every song at it (experiments/e08).
+
+    Raises:
+        DataError: every mixed file is silent, naming the folder that holds them.
+    """
     from mst_single.loudness import SILENCE_LUFS, integrated_loudness
 
     values = [v for v in (integrated_loudness(*load_audio(s.mixed_path)) for s in songs) if v > SILENCE_LUFS]
-    return float(np.median(values)) if values else None
+    if not values:
+        where = Path(songs[0].mixed_path).parent if songs else None
+        raise DataError("every training mix is silent: no house loudness to learn", where,
+                        "check the mixed files (`mst-single check-data DATA`)")
+    return float(np.median(values))
 
 
 def load_aligned(song: SongInfo) -> tuple[np.ndarray, np.ndarray]:

@@ -296,11 +296,7 @@ class VocalMST(pl.LightningModule):
         if not songs:
             raise MstError("model.match_loudness needs the training songs to measure the house loudness",
                            fix="train with the VocalDataModule (`mst-single fit`), or set model.match_loudness: false")
-        v = house_loudness(songs)
-        if v is None:
-            raise MstError("every training mix is silent: no house loudness to learn",
-                           fix="check the mixed files (`mst-single check-data DATA`)")
-        return v
+        return house_loudness(songs)
 
     def _measure_descriptor_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         import numpy as np

@@ -361,3 +361,28 @@ def test_match_loudness_model_lands_every_mix_at_the_house_loudness(tmp_path):
         report["params"]["output_gain_db"], abs=1e-3)
     assert integrated_loudness(y, SR) == pytest.approx(model.output_lufs, abs=0.1)
     assert "house loudness" in (tmp_path / "out.wav.mixsheet.md").read_text()
+
+
+def test_house_loudness_is_the_median_of_the_audible_mixes_and_an_all_silent_set_names_the_folder(tmp_path):
+    """Both users of the house loudness (model.match_loudness and the descriptor-ridge baseline) get one
+    clear error when no mix is audible, instead of a None that fails later as a TypeError."""
+    from conftest import synth_vocal
+
+    from mst_single.audio import house_loudness, index_songs
+    from mst_single.errors import DataError
+    from mst_single.loudness import integrated_loudness
+
+    raw = synth_vocal(2.0, SR, seed=1)
+    for i, level in enumerate([0.05, 0.2, 0.5]):
+        write_pair_(tmp_path / "d", f"s{i}", raw, raw * level / 0.3)
+    click = np.zeros_like(raw)
+    click[len(raw) // 2] = 10 ** (-55 / 20)  # loud enough for the data checks, below the loudness gate
+    write_pair_(tmp_path / "d", "silent", raw, click)
+    songs = index_songs(tmp_path / "d", sample_rate=SR)
+    want = integrated_loudness(raw * 0.2 / 0.3, SR)  # the middle of the three audible mixes
+    assert house_loudness(songs) == pytest.approx(want, abs=1e-3)
+
+    silent = [s for s in songs if s.name == "silent"]
+    with pytest.raises(DataError, match="every training mix is silent") as e:
+        house_loudness(silent)
+    assert str(tmp_path / "d" / "mixed") in str(e.value) and "check-data" in str(e.value)
