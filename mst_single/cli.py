@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "demo-data": ("mst_single.demo", "write the embedded demo data set (raw/, mixed/, truth.json)"),
     "check-data": ("mst_single.checkdata", "check a raw/ + mixed/ folder and print a per-song table"),
+    "targets": ("mst_single.targets", "fit each song's oracle(-prior) setting: the parameter targets fit reads"),
     "mix": ("mst_single.mix", "mix a raw vocal with a trained checkpoint"),
     "ablate": ("mst_single.ablate", "train and evaluate every variant of an experiment"),
     "compare": ("mst_single.compare", "mean ± std tables from results, runs or W&B; --check-same: did a rerun reproduce?"),

@@ -269,3 +269,65 @@ def test_descriptor_ceiling_ridge_recovers_a_linear_rule_and_shrinks_on_noise():
     noise = rng.uniform(0.1, 0.9, (40, 4))
     pred, lam = mod.ridge(Z, noise, Zt)
     assert lam >= 10 and pred.std(0).max() < 0.1  # nothing to learn: every prediction near the mean
+
+
+def test_targets_command_writes_the_prior_fits_that_the_recipe_config_trains_on(tmp_path, monkeypatch, capsys):
+    """`mst-single targets` + configs/approach2-ridge-init-slow.yaml: e12's recipe on your own data,
+    without `ablate`. The targets are the oracle fits pulled toward their median, cached per song so a
+    second call (a lost notebook session) refits nothing."""
+    import shutil
+
+    from mst_single.cli import main
+    from mst_single.console import VocalConsole
+    from mst_single.data import read_param_targets
+    from mst_single.demo import make_demo_data
+    from mst_single.experiments import baselines as B
+    from mst_single.experiments.evaluate import load_model
+    from mst_single.train import cli_main
+
+    root = make_demo_data(tmp_path / "demo", songs=6, seconds=3, sample_rate=SR, style="adaptive")
+    cmd = ["targets", str(root), "--sample-rate", str(SR), "--max-steps", "6"]
+    assert main([*cmd, "-o", str(tmp_path / "plain.json"), "--prior-weight", "0"]) == 0
+    assert main([*cmd, "-o", str(tmp_path / "prior.json"), "--prior-weight", "5"]) == 0
+    names, plain = read_param_targets(tmp_path / "plain.json")
+    names2, prior = read_param_targets(tmp_path / "prior.json")
+    assert names == names2 == list(VocalConsole(SR).param_names)
+    assert set(plain) == set(prior) == {p.stem for p in (root / "raw").glob("*.wav")}
+    assert all(v.shape == (len(names),) and ((v > 0) & (v < 1)).all() for v in prior.values())
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    # pulled toward the median of the plain fits: the songs' settings spread less around it
+    med = np.median(np.stack([logit(v) for v in plain.values()]), axis=0)
+    spread = {k: np.mean([np.abs(logit(v) - med).mean() for v in t.values()]) for k, t in (("plain", plain), ("prior", prior))}
+    assert spread["prior"] < 0.5 * spread["plain"]
+    assert len(list((tmp_path / ".cache" / "oracle").glob("oracle-*.json"))) == 12  # 6 plain + 6 prior fits
+
+    # rerun (a lost session): every fit comes from the cache, the file is the same
+    monkeypatch.setattr(B, "fit_setting", lambda *a, **k: pytest.fail("refitted a cached song"))
+    assert main([*cmd, "-o", str(tmp_path / "again.json"), "--prior-weight", "5"]) == 0
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "prior.json").read_text()
+    monkeypatch.undo()
+
+    # the recipe config trains on them: descriptors read, map started at the ridge fit, house loudness kept
+    cfg = REPO / "configs" / "approach2-ridge-init-slow.yaml"
+    assert cfg.read_text().startswith("# mst-single targets DATA")
+    assert cli_main(["fit", "-c", str(cfg), *tiny_fit_args(root, tmp_path / "runs"), "--run_name", "recipe",
+                     "--data.param_targets", str(tmp_path / "prior.json")]) == 0
+    model = load_model(tmp_path / "runs" / "recipe" / "checkpoints" / "last.ckpt")
+    assert model.hparams.take_descriptors and model.hparams.match_loudness and model.hparams.descriptor_lr is None
+    assert float(model.descriptor_ridge_strength) > 0  # the map was fitted, not left at zero
+    assert model.controller.descriptor_head.weight.abs().max() > 0 and np.isfinite(model.output_lufs)
+
+    # too few songs for a median prior: the folder named, and the way out
+    few = tmp_path / "few"
+    for d in ("raw", "mixed"):
+        (few / d).mkdir(parents=True)
+        for w in sorted((root / d).glob("*.wav"))[:2]:
+            shutil.copy(w, few / d / w.name)
+    capsys.readouterr()
+    assert main([*cmd[:1], str(few), *cmd[2:], "-o", str(tmp_path / "few.json")]) == 2
+    err = capsys.readouterr().err
+    assert str(few) in err and "needs at least 3" in err and "--prior-weight 0" in err
+    assert not (tmp_path / "few.json").exists()
