@@ -195,7 +195,11 @@ def main(argv=None) -> int:
     if argv[:1] == ["--worker"]:
         from mst_single.experiments.runner import worker
 
-        return worker(Path(argv[1]))
+        try:
+            return worker(Path(argv[1]))
+        except MstError as e:  # the parent shows the end of this log: the message, not a traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="mst-single ablate")
     add_arguments(parser)
     try:

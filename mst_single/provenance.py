@@ -48,6 +48,16 @@ def patch_series_hash(patches_dir: Path = REPO_ROOT / "patches") -> str:
     return h.hexdigest()
 
 
+def code_fingerprint(package: Path = Path(__file__).resolve().parent) -> str:
+    """sha256 over every ``.py`` file of the package (relative path and bytes): what a process that
+    imports it now would run. ``ablate`` compares it in each worker with its own value at the start."""
+    h = hashlib.sha256()
+    for f in sorted(package.rglob("*.py")):
+        h.update(f.relative_to(package).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def package_versions() -> dict:
     out = {}
     for name in PACKAGES:

@@ -883,3 +883,35 @@ def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
     # the agent's ${args} become --variant=V --seed=S --fold=F, which the CLI accepts as one unit
     plan = runner.make_plan(parse([folder, "--budget", "test", "--variant=approach2", "--seed=1", "--fold=1"]))
     assert plan.unit_mode and [(u.variant, u.fold, u.seed) for u in plan.units] == [("approach2", 1, 1)]
+
+
+def test_a_worker_refuses_to_train_when_the_package_changed_since_ablate_started(tmp_path, monkeypatch, capsys):
+    """`ablate --jobs N` starts every run as a new process importing the checkout as it is then; an edit
+    made meanwhile would mix two versions of the code in one table. The worker compares the package's
+    fingerprint with the one `ablate` took at the start and stops with a message that says so."""
+    import shutil
+
+    import mst_single
+    from mst_single.provenance import code_fingerprint
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(Path(mst_single.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_fingerprint(pkg)
+    assert code_fingerprint(Path(mst_single.__file__).parent) == before  # bytecode caches do not count
+    (pkg / "experiments" / "stats.py").write_text((pkg / "experiments" / "stats.py").read_text() + "\n# edit\n")
+    assert code_fingerprint(pkg) != before
+
+    from types import SimpleNamespace
+
+    unit = SimpleNamespace(run_id="abc")
+    assert runner.worker_env(unit, before)[runner.CODE_ENV] == before
+    assert runner.CODE_ENV not in runner.worker_env(unit)  # a worker started by hand checks nothing
+
+    spec = tmp_path / "run" / "unit.json"  # never read: the check comes first
+    monkeypatch.setenv(runner.CODE_ENV, "0" * 64)
+    assert ablate.main(["--worker", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "code changed since this `ablate` started" in err and str(spec.parent) in err and "worktree" in err
+    monkeypatch.setenv(runner.CODE_ENV, code_fingerprint())  # unchanged: past the check, to the missing spec
+    with pytest.raises(FileNotFoundError):
+        runner.worker(spec)

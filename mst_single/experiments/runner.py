@@ -388,9 +388,15 @@ def unit_done(unit: Unit) -> bool:
         return False
 
 
-def worker_env(unit: Unit) -> dict:
-    """The subprocess environment: unbuffered, W&B offline and quiet unless set, the unit's W&B run id."""
+CODE_ENV = "MST_ABLATE_CODE"  # the package's code_fingerprint when ablate started (see worker)
+
+
+def worker_env(unit: Unit, code: str | None = None) -> dict:
+    """The subprocess environment: unbuffered, W&B offline and quiet unless set, the unit's W&B run id,
+    and ``code``, the package's fingerprint when ``ablate`` started."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if code:
+        env[CODE_ENV] = code
     # our own W&B service, not one this process inherited: a stream left open there under the same
     # run id (a killed or resumed run) makes the next run with that id fail "run ID is in use"
     env.pop("WANDB_SERVICE", None)
@@ -401,7 +407,7 @@ def worker_env(unit: Unit) -> dict:
     return env
 
 
-def run_unit(unit: Unit, index: int, total: int) -> dict:
+def run_unit(unit: Unit, index: int, total: int, code: str | None = None) -> dict:
     """Train + evaluate one unit in a fresh Python process; its output goes to ``run_dir/ablate.log``."""
     if unit.run_dir.exists():  # a stale or different earlier run: fit refuses existing checkpoints
         shutil.rmtree(unit.run_dir)
@@ -413,7 +419,7 @@ def run_unit(unit: Unit, index: int, total: int) -> dict:
     t0 = time.time()
     with open(log, "w", encoding="utf-8") as f:
         proc = subprocess.run([sys.executable, "-m", "mst_single.ablate", "--worker", str(unit.run_dir / "unit.json")],
-                              stdout=f, stderr=subprocess.STDOUT, env=worker_env(unit), cwd=os.getcwd())
+                              stdout=f, stderr=subprocess.STDOUT, env=worker_env(unit, code), cwd=os.getcwd())
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise MstError(f"run {unit.label} failed (exit code {proc.returncode}); last lines of its log:\n{tail}", log,
@@ -432,6 +438,16 @@ def worker(spec_path: Path) -> int:
     from mst_single.mix import load_model
     from mst_single.train import cli_main
 
+    from mst_single.provenance import code_fingerprint
+
+    # each run is a new process that imports the package from the checkout as it is now: an edit
+    # made while the experiment runs would otherwise train part of one table with other code
+    started = os.environ.get(CODE_ENV)
+    if started and started != code_fingerprint():
+        raise MstError("the package's code changed since this `ablate` started, so this run would use other "
+                       "code than the runs before it", Path(spec_path).parent,
+                       "edit in another checkout (git worktree) while an experiment runs; rerun `ablate` "
+                       "(finished runs are reused)")
     spec = json.loads(Path(spec_path).read_text())
     run_dir = Path(spec_path).parent
     t0 = time.time()
@@ -682,16 +698,18 @@ def execute(plan: Plan, force: bool = False, jobs: int = 1) -> dict:
     """Train/evaluate every unit and fit the baselines; returns {"evals": [...], "baselines": {(data, fold): ...}}."""
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    from mst_single.provenance import code_fingerprint
+
     prepare_data(plan)
     prepare_targets(plan, force)
-    units, n = plan.units, len(plan.units)
+    units, n, code = plan.units, len(plan.units), code_fingerprint()
 
     def one(i):
         u = units[i]
         if not force and unit_done(u):
             print(f"[{i + 1}/{n}] {u.label}: up to date, reusing {u.run_dir / 'eval.json'}", flush=True)
             return json.loads((u.run_dir / "eval.json").read_text())
-        return run_unit(u, i + 1, n)
+        return run_unit(u, i + 1, n, code)
 
     def baselines():
         out = {}
