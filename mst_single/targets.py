@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mst_single.experiments.config import PRIOR_WEIGHT  # the experiments' param_target_prior_weight default
+
 # The `cpu` budget's oracle settings (experiments/base.yaml), with which e11/e12's targets were fitted.
 ORACLE_SETTINGS = dict(max_steps=150, patience=20, min_delta=0.001, batch_size=2, segment_seconds=1.0, lr=0.1,
                        restarts=2)
-PRIOR_WEIGHT = 0.05  # = experiments' param_target_prior_weight default (mst_single.experiments.config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
