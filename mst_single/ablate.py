@@ -10,6 +10,7 @@ line. See experiments/README.md for the config format and the outputs.
     mst-single ablate experiments/NAME --variant V --seed S [--fold K] [--data-name D]  # some units only
     mst-single ablate experiments/NAME --budget B --export-sweep     # NAME/sweep.yaml (W&B grid)
     mst-single ablate experiments/NAME --budget B --check            # rerun elsewhere, compare to committed
+                                                   [--cached-fits]   # (keep the cached oracle fits)
 """
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rerun the committed results of this budget (with their seeds, folds, data folders and "
                              "torch threads) into a temporary folder (or --out) and compare; exit 1 when they "
                              "differ beyond the tolerances")
+    parser.add_argument("--cached-fits", action="store_true",
+                        help="with --check: reuse the oracle / oracle-prior fits already in the fit cache (keyed by "
+                             "each song's sha256 and every fitting setting) instead of refitting every song, e.g. "
+                             "in a clone whose cache an earlier --check on this machine filled")
 
 
 def run(args) -> int:
@@ -102,7 +107,9 @@ def check(args) -> int:
     prov_path = committed / "provenance.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
     rerun = argparse.Namespace(**vars(args))
-    rerun.check, rerun.force = False, True
+    # a check refits every song by default (a cache made by other code or another machine would hide a
+    # difference); the runs themselves go to a new folder and are trained either way
+    rerun.check, rerun.force = False, not getattr(args, "cached_fits", False)
     if rerun.seeds is None and prov.get("seeds"):
         rerun.seeds = len(prov["seeds"])
     if rerun.folds is None and "folds" in prov:
@@ -112,7 +119,8 @@ def check(args) -> int:
     rerun.out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"{Path(args.experiment).name}-{args.budget}-"))
     threads = (prov.get("hardware") or {}).get("torch_threads")
     print(f"check: rerunning {committed} into {rerun.out} (data {', '.join(rerun.data or ['from the config'])}"
-          + (f"; {threads} torch thread(s) per run, as the committed table" if threads else "") + ")", flush=True)
+          + (f"; {threads} torch thread(s) per run, as the committed table" if threads else "")
+          + ("; oracle fits from the cache" if not rerun.force else "; every oracle fit redone") + ")", flush=True)
     with _torch_threads(threads):
         code = run(rerun)
     if code != 0:

@@ -870,6 +870,10 @@ def test_check_reruns_with_the_committed_data_folders_and_thread_count(tmp_path,
                   "--out", tmp_path / "rerun2"])
     ablate.check(args)
     assert seen["data"] == ["d=/elsewhere"] and seen["seeds"] == 1
+    # --cached-fits: the runs are retrained (a new folder), the cached oracle fits are kept
+    assert "every oracle fit redone" in capsys.readouterr().out
+    ablate.check(parse([tmp_path / "exp-x", "--budget", "cpu", "--check", "--cached-fits", "--out", tmp_path / "r3"]))
+    assert seen["force"] is False and "oracle fits from the cache" in capsys.readouterr().out
 
 
 def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
