@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="results folder (default: EXPERIMENT/results/BUDGET)")
     parser.add_argument("--force", action="store_true", help="retrain runs even if their eval.json is up to date")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained at the same time (each uses OMP_NUM_THREADS threads; results do not change)")
+                        help="runs trained at the same time (each uses OMP_NUM_THREADS threads; results do not change); "
+                             "before they start, as many songs' parameter-target fits at once")
     parser.add_argument("--variant", help="run only this variant (training + evaluation; no baselines or tables)")
     parser.add_argument("--seed", type=int, help="run only this seed (no baselines or tables)")
     parser.add_argument("--fold", type=int, help="run only this fold (no baselines or tables)")

@@ -662,6 +662,42 @@ def test_the_oracle_fits_with_restarts_picks_the_best_on_the_whole_song_and_is_c
                     seed=0, restarts=2, progress=False)
 
 
+def test_oracle_fits_in_parallel_processes_equal_the_serial_ones(make_data, tmp_path, capsys):
+    """`fit_songs(jobs=2)` (`mst-single targets --jobs`, ablate's parameter targets): the same fits,
+    bit for bit, as one after another at one torch thread, plain and pulled toward a prior, cached the same."""
+    from mst_single.console import VocalConsole
+    from mst_single.data import index_songs
+    from mst_single.experiments import baselines as B
+
+    songs = index_songs(make_data(songs=3, seconds=2.0), 16000)
+    console = VocalConsole(16000)
+    budget = dict(max_steps=4, patience=2, min_delta=0.01, lr=0.1, batch_size=2, segment_seconds=0.5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = {}
+        for jobs in (1, 2):
+            kw = dict(target_lufs=-23.0, budget=budget, cache_dir=tmp_path / f"jobs{jobs}", seed=0)
+            plain = B.fit_songs(console, songs, restarts=2, jobs=jobs, **kw)
+            prior = B.fit_songs(console, songs, prior=B.median_setting([p for p, _ in plain.values()]),
+                                prior_weight=0.5, jobs=jobs, **kw)
+            got[jobs] = (plain, prior)
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    for s in songs:  # one line per song and fit, whichever process finished first
+        assert out.count(f"oracle {s.name} (") == 4
+    for serial, parallel in zip(*got.values()):
+        assert list(parallel) == [s.name for s in songs]  # in the songs' order
+        for name, (p, info) in serial.items():
+            assert torch.equal(parallel[name][0], p) and parallel[name][1].restarts == info.restarts
+    assert not torch.equal(got[1][0][songs[0].name][0], got[1][1][songs[0].name][0])  # the prior did pull
+    files = {j: sorted(f.name for f in (tmp_path / f"jobs{j}").glob("oracle-*.json")) for j in (1, 2)}
+    assert len(files[1]) == 6 and files[1] == files[2]
+    for f in files[1]:
+        assert (tmp_path / "jobs1" / f).read_text() == (tmp_path / "jobs2" / f).read_text()
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 def wandb_records(path: Path) -> list:
     """The protobuf records of an offline W&B run file (LevelDB log format after a 7-byte header)."""

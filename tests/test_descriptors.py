@@ -287,7 +287,7 @@ def test_targets_command_writes_the_prior_fits_that_the_recipe_config_trains_on(
 
     root = make_demo_data(tmp_path / "demo", songs=6, seconds=3, sample_rate=SR, style="adaptive")
     cmd = ["targets", str(root), "--sample-rate", str(SR), "--max-steps", "6"]
-    assert main([*cmd, "-o", str(tmp_path / "plain.json"), "--prior-weight", "0"]) == 0
+    assert main([*cmd, "-o", str(tmp_path / "plain.json"), "--prior-weight", "0", "--jobs", "2"]) == 0
     assert main([*cmd, "-o", str(tmp_path / "prior.json"), "--prior-weight", "5"]) == 0
     names, plain = read_param_targets(tmp_path / "plain.json")
     names2, prior = read_param_targets(tmp_path / "prior.json")
@@ -331,3 +331,5 @@ def test_targets_command_writes_the_prior_fits_that_the_recipe_config_trains_on(
     err = capsys.readouterr().err
     assert str(few) in err and "needs at least 3" in err and "--prior-weight 0" in err
     assert not (tmp_path / "few.json").exists()
+    assert main([*cmd, "-o", str(tmp_path / "none.json"), "--jobs", "0"]) == 2
+    assert "--jobs 0" in capsys.readouterr().err and not (tmp_path / "none.json").exists()

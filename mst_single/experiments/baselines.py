@@ -197,7 +197,7 @@ def _oracle_key(song, console, target_lufs, budget, seed, loss_fn, prior=None) -
 def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None, cache_dir: str | os.PathLike | None = None,
               seed: int = 0, restarts: int | None = None, loss_fn=None, progress: bool = True,
               refit: bool = False, prior: torch.Tensor | None = None,
-              prior_weight: float = 0.0) -> dict[str, tuple[torch.Tensor, FitInfo]]:
+              prior_weight: float = 0.0, jobs: int = 1) -> dict[str, tuple[torch.Tensor, FitInfo]]:
     """The ``oracle``: per song (``SongInfo`` list) a setting fitted on crops of its own pair.
 
     Restart 0 starts from the neutral setting, restart r > 0 from a random one (seeded by ``seed``
@@ -211,66 +211,111 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
     from the prior, and the loss pulled toward it (``fit_setting``); ``restarts`` is ignored. Songs
     with a similar take then get similar settings where the audio leaves a parameter free, which
     makes the fits a regression target a network can follow.
+
+    ``jobs`` > 1 fits that many songs at once, each in its own process with this process's torch
+    threads divided among them (at least 1). Each song's fit depends only on the song and the
+    settings, so with one thread per fit the result is the same bit for bit as ``jobs=1``.
     """
-    from mst_single.data import load_aligned, song_loudness
     from mst_single.fileio import write_json
-    from mst_single.losses import MRSTFTL1Loss
-    from mst_single.loudness import song_gain_db
 
     b = _budget(budget)
     restarts = int(restarts if restarts is not None else b.get("restarts", 1))
     anchored = prior is not None and prior_weight > 0
+    prior_key = None
     if anchored:
         restarts = 1
         prior = prior.detach().reshape(1, -1).float()
         prior_key = {"prior": [round(float(v), 6) for v in prior.reshape(-1)], "weight": float(prior_weight)}
     b["restarts"] = restarts
-    fit_b = {k: b[k] for k in FIT_DEFAULTS}
-    score_fn = loss_fn or MRSTFTL1Loss()
-    out = {}
+    out, todo = {}, []
     for k, song in enumerate(songs):
-        key = _oracle_key(song, console, target_lufs, b, seed, loss_fn, prior_key if anchored else None)
-        cache = Path(cache_dir) / f"oracle-{key}.json" \
-            if cache_dir else None
+        key = _oracle_key(song, console, target_lufs, b, seed, loss_fn, prior_key)
+        cache = Path(cache_dir) / f"oracle-{key}.json" if cache_dir else None
         if cache is not None and cache.exists() and not refit:
             saved = json.loads(cache.read_text())
             out[song.name] = (torch.tensor([saved["p"]], dtype=torch.float32), FitInfo(**saved["info"]))
-            continue
-        raw, target = load_aligned(song)
-        gain = 10.0 ** (song_gain_db(song_loudness(song), target_lufs) / 20.0)
-        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None] * gain  # as it is evaluated
-        y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
-        n = x.shape[-1]
-        crop = min(n, int(round(float(b["segment_seconds"]) * console.sample_rate)))
-        best = None
-        tried = []
-        for r in range(restarts):
-            rng = np.random.default_rng([seed, r, 7])
+        else:
+            todo.append((k, song, cache))
+    kw = dict(target_lufs=target_lufs, budget=b, seed=seed, restarts=restarts, loss_fn=loss_fn,
+              prior=prior if anchored else None, prior_weight=prior_weight if anchored else 0.0)
 
-            def batches(step, rng=rng):
-                starts = rng.integers(0, n - crop + 1, size=int(b["batch_size"]))
-                return torch.cat([x[..., s:s + crop] for s in starts]), torch.cat([y[..., s:s + crop] for s in starts])
-
-            init = prior if anchored else (
-                None if r == 0 else torch.from_numpy(rng.uniform(0.1, 0.9, (1, console.num_params))).float())
-            p, info = fit_setting(console, batches, **{k: fit_b[k] for k in ("max_steps", "lr", "patience", "min_delta")},
-                                  init=init, loss_fn=loss_fn, progress=progress,
-                                  prior=prior, prior_weight=prior_weight,
-                                  desc=f"oracle {song.name} ({k + 1}/{len(songs)}) restart {r + 1}/{restarts}")
-            info.score = _song_loss(console, target_lufs, song, raw, y, p, score_fn)
-            tried.append({"steps": info.steps, "stopped_by": info.stopped_by, "score": info.score})
-            if best is None or info.score < best[1].score:
-                best = (p, info)
-        p, info = best
-        info.restarts = tried
+    def done(k, song, cache, p, info):
         out[song.name] = (p, info)
         if progress:
             print(f"oracle {song.name} ({k + 1}/{len(songs)}): " + "; ".join(
                 f"restart {i + 1}: {t['steps']} steps ({t['stopped_by']}), whole-song loss {t['score']:.4f}"
-                for i, t in enumerate(tried)), flush=True)
+                for i, t in enumerate(info.restarts)), flush=True)
         if cache is not None:
             write_json(cache, {"song": song.name, "p": p.reshape(-1).tolist(), "info": asdict(info)})
-    return out
+
+    jobs = min(int(jobs), len(todo))
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: a forked child of a process that has run torch's thread pool can hang
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_fit_song_in_worker, console.sample_rate, console.stages, threads, song,
+                                   f"({k + 1}/{len(songs)})", kw): (k, song, cache) for k, song, cache in todo}
+            for fut in as_completed(futures):
+                done(*futures[fut], *fut.result())
+    else:
+        for k, song, cache in todo:
+            done(k, song, cache, *fit_song(console, song, desc=f"({k + 1}/{len(songs)})", progress=progress, **kw))
+    return {s.name: out[s.name] for s in songs}
+
+
+def fit_song(console, song, *, target_lufs: float, budget: dict, seed: int, restarts: int, loss_fn=None,
+             prior: torch.Tensor | None = None, prior_weight: float = 0.0, desc: str = "",
+             progress: bool = True) -> tuple[torch.Tensor, FitInfo]:
+    """One song's oracle fit (``fit_songs`` without the cache): (p (1, P), FitInfo with ``score``
+    and ``restarts``). ``budget`` as ``_budget`` returns it."""
+    from mst_single.data import load_aligned, song_loudness
+    from mst_single.losses import MRSTFTL1Loss
+    from mst_single.loudness import song_gain_db
+
+    fit_b = {k: budget[k] for k in ("max_steps", "lr", "patience", "min_delta")}
+    score_fn = loss_fn or MRSTFTL1Loss()
+    raw, target = load_aligned(song)
+    gain = 10.0 ** (song_gain_db(song_loudness(song), target_lufs) / 20.0)
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None] * gain  # as it is evaluated
+    y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
+    n = x.shape[-1]
+    crop = min(n, int(round(float(budget["segment_seconds"]) * console.sample_rate)))
+    best, tried = None, []
+    for r in range(restarts):
+        rng = np.random.default_rng([seed, r, 7])
+
+        def batches(step, rng=rng):
+            starts = rng.integers(0, n - crop + 1, size=int(budget["batch_size"]))
+            return torch.cat([x[..., s:s + crop] for s in starts]), torch.cat([y[..., s:s + crop] for s in starts])
+
+        init = prior if prior is not None else (
+            None if r == 0 else torch.from_numpy(rng.uniform(0.1, 0.9, (1, console.num_params))).float())
+        p, info = fit_setting(console, batches, **fit_b, init=init, loss_fn=loss_fn, progress=progress,
+                              prior=prior, prior_weight=prior_weight,
+                              desc=f"oracle {song.name} {desc} restart {r + 1}/{restarts}")
+        info.score = _song_loss(console, target_lufs, song, raw, y, p, score_fn)
+        tried.append({"steps": info.steps, "stopped_by": info.stopped_by, "score": info.score})
+        if best is None or info.score < best[1].score:
+            best = (p, info)
+    p, info = best
+    info.restarts = tried
+    return p, info
+
+
+_WORKER_CONSOLES: dict = {}  # (sample rate, stages) -> VocalConsole, one per worker process
+
+
+def _fit_song_in_worker(sample_rate, stages, threads, song, desc, kw):
+    from mst_single.console import VocalConsole
+
+    torch.set_num_threads(threads)
+    key = (sample_rate, tuple(sorted(stages.items())))
+    if key not in _WORKER_CONSOLES:
+        _WORKER_CONSOLES[key] = VocalConsole(sample_rate, stages)
+    return fit_song(_WORKER_CONSOLES[key], song, desc=desc, progress=False, **kw)
 
 
 def median_setting(settings) -> torch.Tensor:

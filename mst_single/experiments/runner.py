@@ -250,9 +250,11 @@ def targets_file(runs_dir: Path, data: str, fold: int, source: str = "oracle") -
                                        else f"param-targets-{source}-fold{fold}.json")
 
 
-def fit_oracle(plan: Plan, data: str, model: dict, songs: list, force: bool = False) -> tuple[dict, object]:
+def fit_oracle(plan: Plan, data: str, model: dict, songs: list, force: bool = False,
+               jobs: int = 1) -> tuple[dict, object]:
     """The oracle baseline's fits of ``songs`` (SongInfo) on one data set: ({song: (p (1, P), FitInfo)},
-    console). ``force`` refits each song once per ``ablate`` run, then reuses that fit."""
+    console). ``force`` refits each song once per ``ablate`` run, then reuses that fit; ``jobs``
+    songs at once (``baselines.fit_songs``)."""
     from mst_single.console import VocalConsole
     from mst_single.experiments import baselines as B
 
@@ -266,19 +268,20 @@ def fit_oracle(plan: Plan, data: str, model: dict, songs: list, force: bool = Fa
         if todo:
             fits.update(B.fit_songs(console, todo, target_lufs=float(model.get("target_lufs", -23.0)), budget=oc,
                                     cache_dir=oracle_cache(plan), seed=int(settings.get("seed", 0)),
-                                    restarts=oc.get("restarts"), refit=refit))
+                                    restarts=oc.get("restarts"), refit=refit, jobs=jobs))
     plan.refitted |= {(data, s.name) for s in fresh}
     return fits, console
 
 
-def prepare_targets(plan: Plan, force: bool = False) -> None:
+def prepare_targets(plan: Plan, force: bool = False, jobs: int = 1) -> None:
     """Per data set × fold × source whose runs use ``model.param_loss_weight``: write the setting of
     each of the fold's training and validation songs to ``runs/_data/DATA/param-targets[-truth]-foldK.json``
     (``mst_single.data.read_param_targets``); the fold's test songs are never in it. Source ``oracle``
     (the default): the oracle baseline's fits (cached, shared with the baseline); ``oracle-prior``:
     each song refitted from, and pulled toward, the median of those fits over the fold's training and
     validation songs (``baselines.fit_songs(prior=...)``, cached too); ``truth``: the data's
-    truth.json (demo data only: the ceiling of what the parameter loss can give)."""
+    truth.json (demo data only: the ceiling of what the parameter loss can give). Nothing else runs
+    yet, so the fits use ``jobs`` processes."""
     from mst_single.experiments import evaluate as E
 
     need = {}
@@ -297,14 +300,14 @@ def prepare_targets(plan: Plan, force: bool = False) -> None:
             continue
         print(f"parameter targets fold {f} ({d}): the oracle setting of {len(songs)} training/validation songs "
               f"(cached in {oracle_cache(plan)})", flush=True)
-        fits, console = fit_oracle(plan, d, model, songs, force)
+        fits, console = fit_oracle(plan, d, model, songs, force, jobs)
         if source == "oracle-prior":
-            fits = fit_prior(plan, model, songs, console, fits, force)
+            fits = fit_prior(plan, model, songs, console, fits, force, jobs)
         write_json(path, {"names": list(console.param_names) if console else [],
                           "params": {n: p.reshape(-1).tolist() for n, (p, _) in sorted(fits.items())}})
 
 
-def fit_prior(plan: Plan, model: dict, songs: list, console, fits: dict, force: bool = False) -> dict:
+def fit_prior(plan: Plan, model: dict, songs: list, console, fits: dict, force: bool = False, jobs: int = 1) -> dict:
     """The ``oracle-prior`` targets: ``songs`` refitted from the median of their oracle ``fits``,
     pulled toward it (``C.prior_weight``); cached with the oracle's fits."""
     from mst_single.experiments import baselines as B
@@ -315,7 +318,7 @@ def fit_prior(plan: Plan, model: dict, songs: list, console, fits: dict, force: 
           f"(weight {weight:g})", flush=True)
     return B.fit_songs(console, songs, target_lufs=float(model.get("target_lufs", -23.0)),
                        budget=settings.get("oracle") or {}, cache_dir=oracle_cache(plan),
-                       seed=int(settings.get("seed", 0)), refit=force, prior=prior, prior_weight=weight)
+                       seed=int(settings.get("seed", 0)), refit=force, prior=prior, prior_weight=weight, jobs=jobs)
 
 
 def truth_targets(folder: Path, model: dict, songs: list) -> dict:
@@ -701,7 +704,7 @@ def execute(plan: Plan, force: bool = False, jobs: int = 1) -> dict:
     from mst_single.provenance import code_fingerprint
 
     prepare_data(plan)
-    prepare_targets(plan, force)
+    prepare_targets(plan, force, jobs)
     units, n, code = plan.units, len(plan.units), code_fingerprint()
 
     def one(i):
