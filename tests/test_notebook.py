@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from nbclient import NotebookClient
 from packaging.requirements import Requirement
 
@@ -133,8 +134,8 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     client(nb2).execute()
     errors = [o for c in nb2.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == []
-    for name, approach in ((A2, "approach2"), (A1, "approach1")):
-        text = outputs_text(cell_with(nb2, f'fit("{approach}"'))
+    for name, cell in ((A2, "RUN_A2 = fit("), (A1, "RUN_A1 = fit(")):
+        text = outputs_text(cell_with(nb2, cell))
         assert f"resuming from {runs / name / 'checkpoints' / 'last.ckpt'}" in text
         assert "--ckpt_path last" in text and "$ mst-single fit -c configs/" in text
         rows = metrics_rows(runs / name)
@@ -142,6 +143,16 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
         assert {r["epoch"] for r in rows} == {"0", "1"}
         assert len(list((runs / name / "checkpoints").glob("best-*.ckpt"))) == 1
         assert list((runs / name / "wandb").glob("offline-run-*"))  # W&B offline by default
+    # approach2's default recipe: the oracle-prior targets of every song, fitted in session 1 (cached on
+    # "Drive", nothing refitted in session 2), and the recipe config trained toward them
+    targets = json.loads((runs / "quickstart-targets.json").read_text())
+    assert len(targets["params"]) == 8 and len(list((runs / ".cache" / "oracle").glob("oracle-*.json"))) == 16
+    first_a2, again_a2 = (outputs_text(cell_with(nb, "RUN_A2 = fit(")) for nb in (nb1, nb2))
+    assert "$ mst-single targets " in again_a2 and "--sample-rate 16000" in again_a2
+    assert "restart 1:" in first_a2 and "restart 1:" not in again_a2
+    assert "-c configs/approach2-ridge-init-slow.yaml" in again_a2
+    cfg = yaml.safe_load((runs / A2 / "config.yaml").read_text())
+    assert cfg["model"]["descriptor_init"] == "ridge" and cfg["data"]["param_targets"].endswith("quickstart-targets.json")
     assert "SKIPPED: W&B online" in outputs_text(cell_with(nb2, "if WANDB_ONLINE:"))
     assert len(list((tmp_path / "local2" / "raw").iterdir())) == 8  # copied to the "local disk"
 
@@ -152,8 +163,9 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     table = (runs / "quickstart-comparison.md").read_text()
     assert A1 in table and A2 in table and "val/mrstft" in table and "val/params/" not in table
     shown = outputs_text(cell_with(nb2, '"compare"'))
-    assert re.search(r"\| variant \| seeds \| val/l1 \| val/loss \| val/mrstft \|\n", shown)  # the parameter means left out
-    assert re.search(rf"\| {A2} \| 1 \| [*0-9.]+ \| [*0-9.]+ \| [*0-9.]+ \|\n", shown)
+    # the per-parameter means left out; val/param: the recipe's distance to the target settings
+    assert re.search(r"\| variant \| seeds \| val/l1 \| val/loss \| val/mrstft \| val/param \|\n", shown)
+    assert re.search(rf"\| {A2} \| 1 \| [*0-9.]+ \| [*0-9.]+ \| [*0-9.]+ \| [*0-9.]+ \|\n", shown)
 
     # players and spectrograms for the held-out songs; each test song mixed by both checkpoints
     listen = cell_with(nb2, "LISTEN_DIR =")
