@@ -687,6 +687,7 @@ def test_oracle_fits_in_parallel_processes_equal_the_serial_ones(make_data, tmp_
     out = capsys.readouterr().out
     for s in songs:  # one line per song and fit, whichever process finished first
         assert out.count(f"oracle {s.name} (") == 4
+    assert out.count("[3/3 fitted, ") == 4 and "ETA 0:00]" in out  # how far along, in completion order
     for serial, parallel in zip(*got.values()):
         assert list(parallel) == [s.name for s in songs]  # in the songs' order
         for name, (p, info) in serial.items():

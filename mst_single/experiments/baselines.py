@@ -216,7 +216,10 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
     threads divided among them (at least 1). Each song's fit depends only on the song and the
     settings, so with one thread per fit the result is the same bit for bit as ``jobs=1``.
     """
+    import time
+
     from mst_single.fileio import write_json
+    from mst_single.progress import clock
 
     b = _budget(budget)
     restarts = int(restarts if restarts is not None else b.get("restarts", 1))
@@ -239,12 +242,18 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
     kw = dict(target_lufs=target_lufs, budget=b, seed=seed, restarts=restarts, loss_fn=loss_fn,
               prior=prior if anchored else None, prior_weight=prior_weight if anchored else 0.0)
 
+    t0, fitted = time.monotonic(), []
+
     def done(k, song, cache, p, info):
         out[song.name] = (p, info)
-        if progress:
+        fitted.append(song.name)
+        if progress:  # a line per song, with how far the uncached fits are (they finish in any order)
+            n, elapsed = len(fitted), time.monotonic() - t0
             print(f"oracle {song.name} ({k + 1}/{len(songs)}): " + "; ".join(
                 f"restart {i + 1}: {t['steps']} steps ({t['stopped_by']}), whole-song loss {t['score']:.4f}"
-                for i, t in enumerate(info.restarts)), flush=True)
+                for i, t in enumerate(info.restarts))
+                + f" [{n}/{len(todo)} fitted, {clock(elapsed)} elapsed, ETA {clock(elapsed / n * (len(todo) - n))}]",
+                flush=True)
         if cache is not None:
             write_json(cache, {"song": song.name, "p": p.reshape(-1).tolist(), "info": asdict(info)})
 
