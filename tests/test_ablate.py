@@ -698,6 +698,15 @@ def test_oracle_fits_in_parallel_processes_equal_the_serial_ones(make_data, tmp_
     for f in files[1]:
         assert (tmp_path / "jobs1" / f).read_text() == (tmp_path / "jobs2" / f).read_text()
 
+    # a song that cannot be read fails the call with the worker's error, and the other songs are not all waited for
+    many = index_songs(make_data(songs=8, seconds=2.0), 16000)
+    Path(many[0].mixed_path).unlink()
+    with pytest.raises(Exception) as err:
+        B.fit_songs(console, many, target_lufs=-23.0, budget=budget, restarts=2, seed=0, progress=False, jobs=2,
+                    cache_dir=tmp_path / "broken")
+    assert many[0].name in str(err.value)
+    assert len(list((tmp_path / "broken").glob("oracle-*.json"))) < 7
+
 
 # ----------------------------------------------------------------------------------------------- end to end
 def wandb_records(path: Path) -> list:

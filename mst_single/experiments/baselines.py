@@ -267,8 +267,12 @@ def fit_songs(console, songs, *, target_lufs: float, budget: dict | None = None,
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_fit_song_in_worker, console.sample_rate, console.stages, threads, song,
                                    f"({k + 1}/{len(songs)})", kw): (k, song, cache) for k, song, cache in todo}
-            for fut in as_completed(futures):
-                done(*futures[fut], *fut.result())
+            try:
+                for fut in as_completed(futures):
+                    done(*futures[fut], *fut.result())
+            except BaseException:  # one song failed: say so now, not after every other song (the done ones are cached)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     else:
         for k, song, cache in todo:
             done(k, song, cache, *fit_song(console, song, desc=f"({k + 1}/{len(songs)})", progress=progress, **kw))
