@@ -223,3 +223,23 @@ def _args(**kw):
     for k, v in kw.items():
         setattr(args, k, v)
     return args
+
+
+def test_a_missed_compressor_target_carries_the_medians_it_is_made_of():
+    """On a loaded machine the compressor's share of the step can pass 10 %: the report must then say
+    what it was made of, as every missed target does (found by CI on a busy machine)."""
+    from mst_single.bench.core import Config
+    from mst_single.bench.report import evaluate_targets
+
+    ts = {"compressor": {"median_s": 0.03, "iqr_s": 0.004, "backend": "numba"},
+          "approach1": {"ours": {"median_s": 0.6}, "compressor_share_of_step": 0.05, "speedup": 20, "speedup_no_reverb": 20},
+          "approach2": {"ours": {"median_s": 0.25}, "compressor_share_of_step": 0.12, "speedup": 20,
+                        "speedup_no_reverb": 20}}  # speed-ups met: no profile of a real step is run
+    t = evaluate_targets(Config(sections=("train_step",), profile=False), {"train_step": ts})
+    missed = t["compressor_under_10pct_of_step"]
+    assert missed["met"] is False
+    assert missed["bound_by"] == {"compressor_median_s": 0.03, "compressor_iqr_s": 0.004,
+                                  "step_median_s": {"approach1": 0.6, "approach2": 0.25}}
+    ts["approach2"]["compressor_share_of_step"] = 0.08
+    met = evaluate_targets(Config(sections=("train_step",), profile=False), {"train_step": ts})
+    assert met["compressor_under_10pct_of_step"]["met"] is True and "bound_by" not in met["compressor_under_10pct_of_step"]

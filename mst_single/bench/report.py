@@ -34,10 +34,15 @@ def evaluate_targets(cfg: Config, results: dict) -> dict:
             t["profile"] = _safe_profile(cfg, lambda: ours_step_fn(cfg, worst)[0], f"ours training step ({worst})")
     if "train_step" in cfg.sections:
         shares = {a: ts.get(a, {}).get("compressor_share_of_step") for a in ("approach1", "approach2")}
-        out["compressor_under_10pct_of_step"] = {
+        t = out["compressor_under_10pct_of_step"] = {
             "threshold": f"<= {TARGET_COMPRESSOR_SHARE:.0%} of the training step (compressor forward + backward alone, "
                          "same batch)", "share": shares, "backend": ts.get("compressor", {}).get("backend"),
             "met": all(v is not None and v <= TARGET_COMPRESSOR_SHARE for v in shares.values())}
+        if not t["met"]:  # the two medians the share is made of (a loaded machine moves them apart)
+            t["bound_by"] = {"compressor_median_s": ts.get("compressor", {}).get("median_s"),
+                             "compressor_iqr_s": ts.get("compressor", {}).get("iqr_s"),
+                             "step_median_s": {a: ts.get(a, {}).get("ours", {}).get("median_s")
+                                               for a in ("approach1", "approach2")}}
         if cfg.device.startswith("cuda"):
             rate = {a: ts.get(a, {}).get("ours", {}).get("steps_per_s") for a in ("approach1", "approach2")}
             full = ts.get("input", {}).get("batch") == 8 and cfg.seconds == 4.0 and cfg.sample_rate == 48000
