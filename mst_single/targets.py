@@ -13,7 +13,7 @@ targets; the prior, a median, sees the test songs' fits too). Fits are cached pe
 output (``.cache/oracle/``, keyed by the files' sha256 and every fitting setting), so a run cut off
 by a lost notebook session resumes where it stopped, and a second call with other settings refits.
 The fits run on the CPU: about 30 s a song at 48 kHz on one core (a plain fit with 2 restarts, then
-the prior refit; measured on 15 s demo songs), so a few hundred songs take hours; ``--jobs N`` fits
+the prior refit; 3 demo songs of 15 s took 1 min 38 s on a machine busy with other work), so a few hundred songs take hours; ``--jobs N`` fits
 N songs at once (the same numbers with one torch thread per fit), and `--max-steps` or a lower
 `--sample-rate` (the fit's too) trade precision for time.
 """
@@ -56,14 +56,14 @@ def make_targets(root, *, sample_rate: int = 48000, target_lufs: float = -23.0, 
 
     if not prior_weight >= 0:
         raise DataError(f"--prior-weight {prior_weight!r} is negative", None, f"e.g. --prior-weight {PRIOR_WEIGHT}")
+    if jobs < 1:  # before the songs are analysed, which takes a while on a few hundred
+        raise DataError(f"--jobs {jobs}: at least 1 song must be fitted at a time", None, "e.g. --jobs 2")
     songs = index_songs(root, sample_rate=sample_rate)
     if prior_weight > 0 and len(songs) < 3:
         raise DataError(f"{len(songs)} song(s): the prior (a median fit) needs at least 3", root,
                         "add pairs, or --prior-weight 0 for the plain fits")
     console = VocalConsole(sample_rate)
     budget = dict(ORACLE_SETTINGS, **(settings or {}))
-    if jobs < 1:
-        raise DataError(f"--jobs {jobs}: at least 1 song must be fitted at a time", None, "e.g. --jobs 2")
     common = dict(target_lufs=target_lufs, budget=budget, cache_dir=cache_dir, seed=seed, jobs=jobs)
     print(f"targets: fitting the console to each of {len(songs)} songs' own pair", flush=True)
     fits = B.fit_songs(console, songs, restarts=budget["restarts"], **common)
