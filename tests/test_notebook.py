@@ -8,6 +8,8 @@ in for Google Drive (runs survive there) and a "local" one for the runtime's dis
   epoch and then "disconnects" (the kernel is shut down after the training cells); the second session
   runs all cells on a fresh local disk with two epochs: both runs resume from last.ckpt, then the
   curves, the comparison table, the players, spectrograms and mixes appear, and the files behind them.
+- `test_approach2_plain_recipe_trains_without_targets_and_an_unknown_recipe_is_refused`: the other value of
+  `APPROACH2_RECIPE` trains configs/approach2.yaml with no targets, and a misspelt one is refused.
 - `test_install_cell_keeps_the_runtime_torch`: a fresh "hosted runtime" (a virtual environment holding
   only a torch build and ipykernel) runs the whole notebook, whose install cell installs vocal-mst into
   it; torch must be the runtime's own afterwards. Run for the ends of setup.py's torch range that are on
@@ -184,6 +186,33 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
         sheet = Path(f"{out}.mixsheet.md").read_text()
         assert sheet in outputs_text(new)
     assert outputs_text(new).count("# Mix sheet:") == 2
+
+
+def test_approach2_plain_recipe_trains_without_targets_and_an_unknown_recipe_is_refused(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    runs = tmp_path / "drive" / "runs"
+    nb = with_parameters(tiny_parameters(tmp_path, "local", MAX_EPOCHS=1, APPROACH2_RECIPE="plain"))
+    c = client(nb)
+    with c.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            c.execute_cell(cell, i)
+            if "RUN_A2 = fit(" in cell.source:
+                break
+        text = outputs_text(cell)
+        assert "$ mst-single fit -c configs/approach2.yaml" in text and "$ mst-single targets" not in text
+        assert not (runs / "quickstart-targets.json").exists() and not list(runs.glob(".cache/oracle/*.json"))
+        cfg = yaml.safe_load((runs / A2 / "config.yaml").read_text())
+        assert cfg["data"]["param_targets"] is None and cfg["model"].get("descriptor_init") != "ridge"
+        assert (runs / A2 / "checkpoints" / "last.ckpt").is_file()
+
+        # a misspelt recipe: the same cell stops before fitting anything, naming the choices
+        nb.cells.append(nbformat.v4.new_code_cell("APPROACH2_RECIPE = 'ridge'"))
+        c.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+        with pytest.raises(CellExecutionError) as err:
+            c.execute_cell(cell, i)
+    assert "APPROACH2_RECIPE = 'ridge': choose 'ridge-init-slow' or 'plain'" in str(err.value)
+    assert not (runs / "quickstart-targets.json").exists()
 
 
 def _requirement(name: str) -> Requirement:
