@@ -105,3 +105,41 @@ def test_match_reference_loudness_lands_the_output_at_the_references_loudness():
     assert abs(before - target) > 3 and abs(after - target) < 0.05
     others = [i for i, k in enumerate(console.param_names) if k != "output_gain_db"]
     assert torch.equal(moved[0, others], p[0, others])  # only the output gain moves
+
+
+def test_refine_probe_keeps_the_start_whose_refined_setting_matches_the_reference_best():
+    """scripts/refine_probe.py (e09 README, "What limits it"): of several starts, the refined setting
+    with the lowest style loss on all raw segments is kept, and screened starts are the best-ranked."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "refine_probe.py"
+    spec = importlib.util.spec_from_file_location("refine_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    console = VocalConsole(SR)
+    names = console.param_names
+    true = console.default_params(1)
+    true[0, names.index("output_gain_db")] = 0.85
+    true[0, names.index("eq_high_shelf_gain_db")] = 0.9
+    far = true.clone()
+    far[0, names.index("output_gain_db")] = 0.15
+    far[0, names.index("eq_high_shelf_gain_db")] = 0.1
+    raw = torch.stack([sung(1.0, s) for s in range(4)])
+    with torch.no_grad():
+        ref = console(torch.stack([sung(1.0, s) for s in range(10, 14)]), true.expand(4, -1))
+    best, p, final = probe.refine_from_starts(console, raw, ref, {"far": far, "truth": true}, steps=2, lr=0.05,
+                                              crops=2)
+    assert best == "truth" and set(final) == {"far", "truth"} and final["truth"] < final["far"]
+    assert p.shape == (1, len(names)) and abs(p[0, names.index("output_gain_db")] - 0.85) < 0.1
+    screened = probe.screened_starts(console, raw, ref, n=6, top=2, seed=0)
+    assert len(screened) == 2 and all(s.shape == (1, len(names)) for s in screened.values())
+    loss = StyleLoss(ref, SR)
+    g = torch.Generator().manual_seed(777)
+    pop = 0.02 + 0.96 * torch.rand(6, len(names), generator=g)
+    pick = torch.randperm(4, generator=g)[:4]
+    with torch.no_grad():
+        ranked = sorted(range(6), key=lambda j: float(loss(console(raw[pick], pop[j].expand(4, -1)))["loss"]))
+    assert list(screened) == [f"screen{j}" for j in ranked[:2]]
+    with pytest.raises(SystemExit):
+        probe.main(["--start", "oracle"])  # only network, mean or truth
