@@ -13,9 +13,9 @@ targets; the prior, a median, sees the test songs' fits too). Fits are cached pe
 output (``.cache/oracle/``, keyed by the files' sha256 and every fitting setting), so a run cut off
 by a lost notebook session resumes where it stopped, and a second call with other settings refits.
 The fits run on the CPU: about 30 s a song at 48 kHz on one core (a plain fit with 2 restarts, then
-the prior refit; 3 demo songs of 15 s took 1 min 38 s on a machine busy with other work), so a few hundred songs take hours; ``--jobs N`` fits
-N songs at once (the same numbers with one torch thread per fit), and `--max-steps` or a lower
-`--sample-rate` (the fit's too) trade precision for time.
+the prior refit; 3 demo songs of 15 s took 1 min 38 s on a machine busy with other work), so a few
+hundred songs take hours; ``--jobs N`` fits N songs at once (the same numbers with one torch thread
+per fit), and `--max-steps` or a lower `--sample-rate` (the fit's too) trade precision for time.
 """
 from __future__ import annotations
 

@@ -66,7 +66,6 @@ def main(argv=None) -> int:
     from mst_single.console import VocalConsole
     from mst_single.experiments import evaluate as E
     from mst_single.experiments import runner as R
-    from mst_single.loudness import normalize_loudness
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--experiment", default=str(REPO / "experiments" / "e09-refine"))
@@ -110,10 +109,7 @@ def main(argv=None) -> int:
     as_p = lambda d: torch.tensor([[d[k] for k in console.param_names]])  # noqa: E731
     scores, won, t0 = {}, defaultdict(int), time.time()
     for name in names:
-        items = [dataset[j] for j, (si, _) in enumerate(dataset.grid) if dataset.songs[si].name == name]
-        raw, _ = normalize_loudness(torch.stack([it["raw"] for it in items]), ts.sample_rate, target_lufs,
-                                    lufs=torch.stack([it["raw_lufs"] for it in items]))
-        ref = torch.stack([it["reference"] for it in items])
+        raw, ref = E.song_segments(dataset, name, ts.sample_rate, target_lufs)
         every = {"network": lambda: as_p(setting["network"][name]), "mean": lambda: as_p(setting["mean-preset"][name]),
                  "truth": lambda: console.known_setting(ts.truth_params(name)).reshape(1, -1).float()}
         starts = {k: every[k]() for k in a.start.split(",")}

@@ -262,19 +262,25 @@ def _units(console, p: torch.Tensor) -> dict:
     return {k: float(v[0]) for k, v in console.denormalize(p.detach().float().reshape(1, -1)).items()}
 
 
+def song_segments(dataset, name: str, sample_rate: int, target_lufs: float,
+                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """A song's test-grid segments: raw (n, 1, samples) loudness-normalised as the network saw them,
+    and the references (n, 2, samples) they were given (what test-time refinement works on)."""
+    from mst_single.loudness import normalize_loudness
+
+    items = [dataset[i] for i, (si, _) in enumerate(dataset.grid) if dataset.songs[si].name == name]
+    raw, _ = normalize_loudness(torch.stack([it["raw"] for it in items]).to(device), sample_rate, target_lufs,
+                                lufs=torch.stack([it["raw_lufs"] for it in items]).to(device))
+    return raw, torch.stack([it["reference"] for it in items]).to(device)
+
+
 def refine_song_params(model, dataset, name: str, p: torch.Tensor, refine: dict, seed: int = 0) -> torch.Tensor:
     """``style.refine_setting`` of the song's predicted setting p (1, P) on the references its
-    test-grid segments were given (the same audio the network read), from its raw segments
-    normalised as the network saw them -> (1, P) on the CPU."""
-    from mst_single.loudness import normalize_loudness
+    test-grid segments were given (:func:`song_segments`) -> (1, P) on the CPU."""
     from mst_single.style import refine_setting
 
-    idx = [i for i, (si, _) in enumerate(dataset.grid) if dataset.songs[si].name == name]
-    items = [dataset[i] for i in idx]
     device = _device(model)
-    raw, _ = normalize_loudness(torch.stack([it["raw"] for it in items]).to(device), model.sample_rate,
-                                model.target_lufs, lufs=torch.stack([it["raw_lufs"] for it in items]).to(device))
-    ref = torch.stack([it["reference"] for it in items]).to(device)
+    raw, ref = song_segments(dataset, name, model.sample_rate, model.target_lufs, device)
     with torch.enable_grad():
         return refine_setting(model.console, raw, ref, p.to(device), seed=seed, **refine).cpu()
 
