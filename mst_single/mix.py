@@ -273,8 +273,10 @@ def mixsheet(report: dict) -> str:
         f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
         f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
         "normalised [0, 1] space (robust to outlier segments)"
-        + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`) "
-           "and its output level set to the reference's loudness"
+        + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
+           + (" from the checkpoint's style ridge (`--refine-start ridge`), not the network's setting,"
+              if r["refine"].get("start") == "ridge" else "")
+           + " and its output level set to the reference's loudness"
            if r.get("refine") else ""),
         f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS"
         + (f", normalised to the house loudness {r['output_lufs']:.1f} LUFS by the output gain"
@@ -320,7 +322,7 @@ class _Progress:
 def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
              progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
-             refine_lr: float = 0.05, refine_crops: int = 4) -> dict:
+             refine_lr: float = 0.05, refine_crops: int = 4, refine_start: str = "network") -> dict:
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
     Args:
@@ -337,7 +339,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             the chain's output on the raw segments has the reference's style statistics, then the
             output gain is set so that their loudness is the reference segments' (``style.refine_setting``;
             0: the network's setting as it is). refine_lr: Adam's step on the setting's logits;
-            refine_crops: raw segments per step.
+            refine_crops: raw segments per step. refine_start: "network" (its setting) or "ridge" (the
+            checkpoint's style ridge, ``model.style_ridge``; experiments/e13).
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
@@ -354,6 +357,14 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if refine_steps and not model.needs_reference:
         raise MstError("--refine-steps needs a reference mix, and this is an approach2 checkpoint", ckpt,
                        "drop --refine-steps, or use an approach1 checkpoint with --reference")
+    if refine_start not in ("network", "ridge"):
+        raise MstError(f"--refine-start must be network or ridge, got {refine_start!r}", fix="e.g. --refine-start ridge")
+    if refine_start == "ridge" and not refine_steps:
+        raise MstError("--refine-start ridge starts the refinement, and --refine-steps is 0 (no refinement)",
+                       fix="add --refine-steps 30, or drop --refine-start")
+    if refine_start == "ridge" and not getattr(model, "style_ridge", False):
+        raise MstError("--refine-start ridge needs a checkpoint trained with model.style_ridge: true, and this one "
+                       "has no style ridge", ckpt, "use --refine-start network, or train with model.style_ridge: true")
     if refine_steps < 0 or refine_crops < 1 or refine_lr <= 0:
         raise MstError(f"--refine-steps must be >= 0, --refine-crops >= 1 and --refine-lr > 0 (got "
                        f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
@@ -411,6 +422,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
 
             x, _ = normalize_loudness(raw_segs, msr, model.target_lufs,
                                       lufs=torch.full((raw_segs.shape[0],), ana["lufs"]))
+            if refine_start == "ridge":
+                p = model.style_ridge_start(x, ref_segs)
             p = refine_setting(model.console, x, ref_segs, p, refine_steps, lr=refine_lr, crops=refine_crops,
                                progress=progress)
         units_t = model.console.denormalize(p)
@@ -490,6 +503,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 # what the model read of the whole take (model.take_descriptors), null when it reads none
                 "take_descriptors": (dict(zip(DESCRIPTOR_NAMES, ana["descriptors"].tolist())) if take else None),
                 "refine": ({"steps": int(refine_steps), "lr": float(refine_lr), "crops": int(refine_crops),
+                            "start": refine_start,
                             "network_params_normalized": dict(zip(model.console.param_names, p_network[0].tolist()))}
                            if refine_steps else None),
                 "segments": {
@@ -530,6 +544,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "steps (experiments/e09-refine; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off)")
     parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
     parser.add_argument("--refine-crops", type=int, default=4, help="raw segments per refinement step (default 4)")
+    parser.add_argument("--refine-start", choices=("network", "ridge"), default="network",
+                        help="where refinement starts: the network's setting, or the checkpoint's style ridge "
+                             "(trained with model.style_ridge: true; experiments/e13-style-ridge)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -542,7 +559,7 @@ def _command(args) -> list[str]:
     cmd += ["--max-segments", str(args.max_segments), "--block-size", str(args.block_size)]
     if args.refine_steps:
         cmd += ["--refine-steps", str(args.refine_steps), "--refine-lr", str(args.refine_lr),
-                "--refine-crops", str(args.refine_crops)]
+                "--refine-crops", str(args.refine_crops), "--refine-start", args.refine_start]
     return cmd
 
 
@@ -550,7 +567,7 @@ def run(args) -> int:
     report = mix_file(args.raw, args.out, args.ckpt, reference=args.reference, segment_seconds=args.segment_seconds,
                       max_segments=args.max_segments, block_size=args.block_size, progress=not args.quiet,
                       command=_command(args), refine_steps=args.refine_steps, refine_lr=args.refine_lr,
-                      refine_crops=args.refine_crops)
+                      refine_crops=args.refine_crops, refine_start=args.refine_start)
     print(mixsheet(report))
     print(f"wrote {report['output']} (+ .params.json, .mixsheet.md)")
     return 0

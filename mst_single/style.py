@@ -150,3 +150,78 @@ def refine_setting(console, raw: torch.Tensor, reference: torch.Tensor, init: to
     p, _ = fit_setting(console, batches, max_steps=int(steps), lr=float(lr), patience=int(steps) + 1,
                        min_delta=0.0, init=init, loss_fn=loss_fn, desc="refining", progress=progress)
     return match_reference_loudness(console, raw, reference, p) if match_level else p
+
+
+# ----------------------------------------------------------------------------------- style ridge
+# Where refinement starts matters more than its statistics (e09 README, "What limits it"): from the
+# true setting they keep 73-86 % of the gap, from the network's prediction 42-57 %. The network reads
+# the reference poorly from a few dozen songs; a linear map from the same statistics, fitted on the
+# console's own renders of the training raws at random settings, is a better start (experiments/e13).
+RIDGE_BANDS = 16  # coarser than the refinement's 48: ~750 renders per fold fit 272 features, not 816
+RIDGE_RANGE = (0.1, 0.9)  # random settings are drawn here, away from the box edges real settings rarely reach
+
+
+def style_features(raw: torch.Tensor, reference: torch.Tensor, sample_rate: int,
+                   n_bands: int = RIDGE_BANDS) -> torch.Tensor:
+    """What a reference says about its setting, relative to the raw it is applied to.
+
+    Args:
+        raw: (n, 1, samples) loudness-normalised raw segments (as the network and the console see them).
+        reference: (m, 2, samples) reference segments (mono (m, 1, ...) is read as side = 0).
+
+    Returns:
+        (17 * n_bands,) float32: per band (:func:`style_stats`), the reference's level quantiles and
+        level-change quantiles minus the raw's (dB), the reference's side/mid ratio (dB, floored at
+        -60) and its own level quantiles (dB).
+    """
+    a = style_stats(raw.float(), sample_rate, n_bands)
+    b = style_stats(reference.float(), sample_rate, n_bands)
+    return torch.cat([(b["quantiles"] - a["quantiles"]).reshape(-1), (b["delta"] - a["delta"]).reshape(-1),
+                      b["side"].clamp(min=-60).reshape(-1), b["quantiles"].reshape(-1)]).float()
+
+
+def fit_style_ridge(console, raws: list, renders: int = 30, seed: int = 0,
+                    n_bands: int = RIDGE_BANDS) -> dict[str, torch.Tensor]:
+    """A ridge map from :func:`style_features` to the setting, learned from the console alone.
+
+    For each song's raw segments (n, 1, samples) in ``raws``, ``renders`` times: a random setting in
+    :data:`RIDGE_RANGE` renders a random half of the segments as the "reference"; the other half is the
+    raw it is compared with (as a `song` reference pairs another section of the same take). No mix
+    and no true setting is needed, so it can be fitted on any raw vocals. Strength by leave-one-out
+    (``descriptors.ridge_logits``).
+
+    Returns:
+        {"mean", "std": (D,) feature standardisation, "weight": (D, P), "bias": (P,) with
+        logit(setting) = bias + ((features - mean) / std) @ weight, "strength": (), "samples": ()}.
+    """
+    from mst_single.descriptors import ridge_logits
+
+    g = torch.Generator().manual_seed(int(seed))
+    lo, hi = RIDGE_RANGE
+    X, Y = [], []
+    for raw in raws:
+        n = raw.shape[0]
+        for _ in range(int(renders)):
+            perm = torch.randperm(n, generator=g)
+            half = max(1, n // 2)
+            given, rendered = raw[perm[:half]], (raw[perm[half:]] if n > 1 else raw)
+            p = lo + (hi - lo) * torch.rand(1, console.num_params, generator=g)
+            with torch.no_grad():
+                X.append(style_features(given, console(rendered, p.to(raw).expand(rendered.shape[0], -1)),
+                                        console.sample_rate, n_bands).cpu().numpy())
+            Y.append(p.reshape(-1).numpy())
+    if len(X) < 3:
+        raise ValueError(f"fit_style_ridge needs >= 3 renders, got {len(X)} ({len(raws)} songs x {renders})")
+    X, Y = np.stack(X).astype(np.float64), np.stack(Y)
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    W, b, lam = ridge_logits((X - mean) / std, Y)
+    t = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32)  # noqa: E731
+    return {"mean": t(mean), "std": t(std), "weight": t(W), "bias": t(b), "strength": t(lam), "samples": t(len(X))}
+
+
+def style_ridge_setting(ridge: dict[str, torch.Tensor], raw: torch.Tensor, reference: torch.Tensor,
+                        sample_rate: int, n_bands: int = RIDGE_BANDS) -> torch.Tensor:
+    """The setting (1, P) in [0, 1] that a :func:`fit_style_ridge` map reads from a song's raw segments
+    (n, 1, samples) and its reference segments (m, 2, samples)."""
+    z = (style_features(raw, reference, sample_rate, n_bands).to(ridge["mean"]) - ridge["mean"]) / ridge["std"]
+    return torch.sigmoid(ridge["bias"] + z @ ridge["weight"]).reshape(1, -1).detach()

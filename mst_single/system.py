@@ -34,6 +34,7 @@ from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
 from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
+from mst_single.style import RIDGE_BANDS
 
 
 class VocalMST(pl.LightningModule):
@@ -100,6 +101,12 @@ class VocalMST(pl.LightningModule):
             targets (`data.param_targets`, logits) on their standardised descriptors, strength by
             leave-one-out (`descriptors.ridge_logits`), fitted when `fit` starts (not again when a
             run resumes); the network then learns what the descriptors leave (experiments/e12).
+        style_ridge: approach1 only: when `fit` starts, also fit a ridge map from the style statistics of
+            a reference relative to the raw (`style.fit_style_ridge`) on the console's own renders of the
+            training and validation raws at `style_ridge_renders` random settings each (no mixes used),
+            and keep it in the checkpoint; test-time refinement can then start from it instead of the
+            network's prediction (`refine: {start: ridge}`, `mix --refine-start ridge`; experiments/e13).
+            The network itself is trained as without it.
     """
 
     def __init__(
@@ -128,6 +135,8 @@ class VocalMST(pl.LightningModule):
         take_descriptors: bool = False,
         descriptor_lr: float | None = None,
         descriptor_init: Literal["zero", "ridge"] = "zero",
+        style_ridge: bool = False,
+        style_ridge_renders: int = 30,
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -170,6 +179,17 @@ class VocalMST(pl.LightningModule):
             raise MstError(f"model.param_warmup_steps is {self.param_warmup_steps} but model.param_loss_weight is 0: "
                            "the warm-up would have no loss", fix="set model.param_loss_weight > 0, or param_warmup_steps: 0")
         self.synthetic_reference_prob = float(synthetic_reference_prob) if approach == "approach1" else 0.0
+        self.style_ridge = bool(style_ridge)
+        if self.style_ridge:
+            if approach != "approach1":
+                raise MstError("model.style_ridge reads a reference, and this model is approach2",
+                               fix="set model.style_ridge: false, or train configs/approach1.yaml")
+            if int(style_ridge_renders) < 1:
+                raise MstError(f"model.style_ridge_renders must be >= 1, got {style_ridge_renders}", fix="e.g. 30")
+            d, n = 17 * RIDGE_BANDS, self.console.num_params  # NaN until on_fit_start fits them
+            for name, shape in (("mean", (d,)), ("std", (d,)), ("weight", (d, n)), ("bias", (n,)),
+                                ("strength", ()), ("samples", ())):
+                self.register_buffer(f"style_ridge_{name}", torch.full(shape, float("nan")))
         self.loss_fn = MRSTFTL1Loss(**(loss or {}))
         self.num_parameters = count_parameters(self.controller)
         self._songs: list[str] = []  # songs of the batch in flight (named by the NaN guard)
@@ -287,6 +307,8 @@ class VocalMST(pl.LightningModule):
                                "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
         if self.descriptor_init == "ridge" and not math.isfinite(float(self.descriptor_ridge_strength)):
             self._init_descriptor_map()
+        if self.style_ridge and not math.isfinite(float(self.style_ridge_strength)):  # not again on resume
+            self._fit_style_ridge()
 
     def _measure_house_lufs(self) -> float:
         from mst_single.audio import house_loudness
@@ -339,6 +361,46 @@ class VocalMST(pl.LightningModule):
             self.descriptor_ridge_strength.fill_(lam)
         rank_zero_info(f"descriptor map: started at the ridge fit of {len(songs)} training songs' parameter targets "
                        f"(strength {lam:g}, chosen by leave-one-out)")
+
+    def _fit_style_ridge(self) -> None:
+        from mst_single.data import VocalReferenceDataset
+        from mst_single.experiments.evaluate import song_segments
+        from mst_single.style import fit_style_ridge
+
+        dm = getattr(self.trainer, "datamodule", None)
+        splits = getattr(dm, "splits", None) or {}
+        songs = list(splits.get("train") or []) + list(splits.get("val") or [])
+        if not songs:
+            raise MstError("model.style_ridge needs the training songs' raw vocals to render",
+                           fix="train with the VocalDataModule (`mst-single fit`), or set model.style_ridge: false")
+        h = dm.hparams
+        grid = VocalReferenceDataset(split="test", sample_rate=self.sample_rate, segment_seconds=h.segment_seconds,
+                                     reference_policy="same", split_seed=h.split_seed,
+                                     silence_threshold_db=h.silence_threshold_db, songs=songs)
+        named = {grid.songs[si].name for si, _ in grid.grid}  # a song below the silence threshold has no segment
+        raws = [song_segments(grid, s.name, self.sample_rate, self.target_lufs, self.device)[0]
+                for s in songs if s.name in named]
+        # its own generator from the run's seed: the network's training draws exactly what it would without
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        fit = fit_style_ridge(self.console, raws, int(self.hparams.style_ridge_renders), seed=seed)
+        with torch.no_grad():
+            for k, v in fit.items():
+                getattr(self, f"style_ridge_{k}").copy_(v)
+        rank_zero_info(f"style ridge: fitted on {int(fit['samples'])} console renders of {len(raws)} training songs "
+                       f"(strength {float(fit['strength']):g}, chosen by leave-one-out)")
+
+    def style_ridge_start(self, raw: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The style ridge's setting (1, P) for a song's normalised raw segments (n, 1, samples) and its
+        reference segments (m, 2, samples) (``style.style_ridge_setting``)."""
+        from mst_single.style import style_ridge_setting
+
+        if not self.style_ridge or not math.isfinite(float(self.style_ridge_strength)):
+            raise MstError("this checkpoint has no style ridge to start the refinement from (it was trained "
+                           "without model.style_ridge, or before `fit` started)",
+                           fix="refine from the network's setting (`--refine-start network`, `refine: {start: "
+                               "network}`), or train with model.style_ridge: true (experiments/e13)")
+        ridge = {k: getattr(self, f"style_ridge_{k}") for k in ("mean", "std", "weight", "bias")}
+        return style_ridge_setting(ridge, raw, reference, self.sample_rate).to(raw.device)
 
     def _step(self, batch: dict, stage: str) -> dict:
         self._songs = list(batch.get("song", []))

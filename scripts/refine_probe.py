@@ -9,9 +9,12 @@ repository root (e09 README, "What limits it"):
 
     OMP_NUM_THREADS=1 python scripts/refine_probe.py --fold 1 --start truth
 
---start network|mean|truth[,...]: the network's prediction (as `refine`), the mean preset, or the TRUE
+--start network|mean|truth|ridge[,...]: the network's prediction (as `refine`), the mean preset, the TRUE
 setting (truth.json: not available to a real model; it asks whether the statistics keep the answer once
-there). Several: each is refined and the one with the lowest style loss on all of the song's raw segments
+there), or a `ridge` map from (reference statistics - raw statistics) to the setting, fitted on the
+console's own renders of the fold's training and validation raws at random settings (`--renders` per
+song; no mix, no truth and no network: ``style.fit_style_ridge``, which e13's `ridge-start` uses).
+Several: each is refined and the one with the lowest style loss on all of the song's raw segments
 is kept; the line says how often each won (e.g. `network,truth`: does the loss prefer the answer's basin?).
 --screen N: also draw N uniform settings, keep the --top K by style loss on 4 raw segments and refine
 those too, as further starts (does a global search on the same statistics help?).
@@ -32,7 +35,7 @@ import torch
 from mst_single import style as S
 
 REPO = Path(__file__).resolve().parents[1]
-STARTS = ("network", "mean", "truth")
+STARTS = ("network", "mean", "truth", "ridge")
 
 
 def refine_from_starts(console, raw: torch.Tensor, reference: torch.Tensor, starts: dict, steps: int, lr: float,
@@ -78,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--screen", type=int, default=0)
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--part", default="0/1", help="i/n: every n-th song from the i-th (run n processes)")
+    ap.add_argument("--renders", type=int, default=30, help="`ridge`: random settings rendered per training song")
     a = ap.parse_args(argv)
     if not set(a.start.split(",")) <= set(STARTS):
         ap.error(f"--start: {', '.join(STARTS)} (comma-separated), got {a.start!r}")
@@ -104,6 +108,19 @@ def main(argv=None) -> int:
         if r["metric"] == "mrstft" and int(r["fold"]) == a.fold and r["variant"] in ("mean-preset", "oracle"):
             baseline[r["variant"]][r["song"]] = float(r["value"])
 
+    ridge = None
+    if "ridge" in a.start.split(","):  # the fold's training + validation songs: the songs its network trained on
+        from mst_single.data import VocalReferenceDataset
+
+        t1, train = time.time(), list(ts.splits["train"]) + list(ts.splits["val"])
+        own = VocalReferenceDataset(split="test", sample_rate=ts.sample_rate, segment_seconds=ts.segment_seconds,
+                                    split_seed=ts.split_seed, silence_threshold_db=ts.silence_threshold_db,
+                                    songs=train, reference_policy="song")
+        ridge = S.fit_style_ridge(console, [E.song_segments(own, s.name, ts.sample_rate, target_lufs)[0] for s in train],
+                                  a.renders, seed=1000 * a.seed + a.fold)
+        print(f"ridge start: {int(ridge['samples'])} renders of {len(train)} training songs, strength "
+              f"{float(ridge['strength']):g}, "
+              f"{time.time() - t1:.0f} s", file=sys.stderr, flush=True)
     i, n = map(int, a.part.split("/"))
     names, dataset = ts.names[i::n], ts.segments("song")
     as_p = lambda d: torch.tensor([[d[k] for k in console.param_names]])  # noqa: E731
@@ -111,7 +128,8 @@ def main(argv=None) -> int:
     for name in names:
         raw, ref = E.song_segments(dataset, name, ts.sample_rate, target_lufs)
         every = {"network": lambda: as_p(setting["network"][name]), "mean": lambda: as_p(setting["mean-preset"][name]),
-                 "truth": lambda: console.known_setting(ts.truth_params(name)).reshape(1, -1).float()}
+                 "truth": lambda: console.known_setting(ts.truth_params(name)).reshape(1, -1).float(),
+                 "ridge": lambda: S.style_ridge_setting(ridge, raw, ref, ts.sample_rate)}
         starts = {k: every[k]() for k in a.start.split(",")}
         if a.screen:
             starts.update(screened_starts(console, raw, ref, a.screen, a.top, a.seed))
@@ -124,7 +142,8 @@ def main(argv=None) -> int:
     mean = lambda d: float(np.mean([d[s] for s in names]))  # noqa: E731
     mp, orc, x = mean(baseline["mean-preset"]), mean(baseline["oracle"]), mean(scores)
     print(f"fold {a.fold} seed {a.seed} part {a.part} ({len(names)} songs), start {a.start}"
-          f"{f', screen {a.screen} top {a.top}' if a.screen else ''}, {a.steps} steps x {a.crops} crops, lr {a.lr}: "
+          f"{f', screen {a.screen} top {a.top}' if a.screen else ''}{f', {a.renders} renders' if ridge else ''}, "
+          f"{a.steps} steps x {a.crops} crops, lr {a.lr}: "
           f"mrstft {x:.4f}, gap closed {(mp - x) / (mp - orc):.1%} (mean preset {mp:.4f}, oracle {orc:.4f}); "
           f"lowest style loss from {dict(won)}; {time.time() - t0:.0f} s")
     return 0

@@ -183,7 +183,8 @@ def test_bad_experiment_configs_are_explained(tmp_path):
         C.variant_config(exp, "a", "huge", "d")
     for bad, needle in [("{steps: 0}", "steps >= 1"), ("{lr: 0.1}", "with `steps`"), ("{steps: 3, tries: 2}", "with `steps`"),
                         ("{steps: many}", "must be numbers"), ("30", "must be a mapping"),
-                        ("{steps: 3, match_level: 'no'}", "match_level: true/false")]:
+                        ("{steps: 3, match_level: 'no'}", "match_level: true/false"),
+                        ("{steps: 3, start: sideways}", "start:` must be one of network, ridge")]:
         (tmp_path / "config.yaml").write_text(head + f"variants: {{a: {{configs: [x.yaml], refine: {bad}}}}}\n")
         with pytest.raises(MstError, match=needle):
             C.load_experiment(tmp_path)
@@ -335,6 +336,17 @@ def test_refine_is_refused_for_approach2_before_anything_runs(tiny, tmp_path):
     (exp_dir / "config.yaml").write_text(text)
     with pytest.raises(MstError, match="variant 'approach2': `refine:` needs a reference"):
         runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    assert not (exp_dir / "results").exists()
+    # a ridge start needs runs that fit the style ridge (model.style_ridge)
+    text = (exp_dir / "config.yaml").read_text().replace("    refine: {steps: 3}\n", "").replace(
+        "refine: {steps: 2, crops: 1}", "refine: {steps: 2, crops: 1, start: ridge}")
+    (exp_dir / "config.yaml").write_text(text)
+    with pytest.raises(MstError, match="variant 'approach1': `refine: {start: ridge}` starts from the model's style"):
+        runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    (exp_dir / "config.yaml").write_text(text.replace("overrides: {model.param_loss_weight: 1.0}",
+                                                      "overrides: {model.param_loss_weight: 1.0, model.style_ridge: true}"))
+    unit = next(u for u in runner.make_plan(parse([exp_dir, "--budget", "test"])).units if u.variant == "approach1")
+    assert unit.spec["refine"]["start"] == "ridge" and unit.config["model"]["style_ridge"] is True
     assert not (exp_dir / "results").exists()
 
 

@@ -20,22 +20,23 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """approach -> last.ckpt of a one-epoch fit of the real config on tiny demo data."""
+    """approach -> last.ckpt of a one-epoch fit of the real config on tiny demo data (approach1-ridge:
+    approach1 with model.style_ridge)."""
     from mst_single.demo import make_demo_data
     from mst_single.train import cli_main
 
     tmp = tmp_path_factory.mktemp("mix")
     root = make_demo_data(tmp / "demo", songs=4, seconds=3, sample_rate=SR)
     out = {}
-    for approach in ("approach1", "approach2"):
-        rc = cli_main(["fit", "-c", str(REPO / "configs" / f"{approach}.yaml"), "--data.root", str(root),
+    for approach, extra in (("approach1", []), ("approach2", []), ("approach1-ridge", ["--model.style_ridge", "true"])):
+        rc = cli_main(["fit", "-c", str(REPO / "configs" / f"{approach.split('-')[0]}.yaml"), "--data.root", str(root),
                        "--data.sample_rate", str(SR), "--data.segment_seconds", "1", "--data.batch_size", "2",
                        "--data.train_segments_per_epoch", "2", "--data.val_fraction", "0.25",
                        "--data.test_fraction", "0.25",
                        "--model.encoder", '{"n_mels": 32, "channels": [8, 16], "embed_dim": 16}',
                        "--model.hidden", "16", "--model.log_audio_every_n_epochs", "0",
                        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--wandb", "false",
-                       "--runs_dir", str(tmp / "runs"), "--run_name", approach])
+                       "--runs_dir", str(tmp / "runs"), "--run_name", approach, *extra])
         assert rc == 0
         out[approach] = tmp / "runs" / approach / "checkpoints" / "last.ckpt"
     return out
@@ -127,6 +128,66 @@ def test_mix_refine_steps_refines_approach1_on_the_reference_and_says_so(ckpts, 
     err = capsys.readouterr().err
     assert rc == 2 and "--refine-steps needs a reference mix" in err and str(ckpts["approach2"]) in err
     assert not (tmp_path / "a2.wav").exists()
+
+
+@pytest.mark.slow
+def test_mix_refine_start_ridge_starts_from_the_checkpoints_style_ridge(ckpts, tmp_path, capsys):
+    """model.style_ridge (e09 `ridge-start`): fitted when `fit` starts, kept in the checkpoint, the network
+    trained exactly as without it; `mix --refine-start ridge` starts the refinement there."""
+    from mst_single.style import style_ridge_setting
+
+    plain, ridged = load_model(ckpts["approach1"])[0], load_model(ckpts["approach1-ridge"])[0]
+    assert not hasattr(plain, "style_ridge_weight") and torch.isfinite(ridged.style_ridge_weight).all()
+    assert int(ridged.style_ridge_samples) == 30 * 3  # 30 renders of each of the 3 training + validation songs
+    a, b = plain.state_dict(), ridged.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same network, bit for bit
+    raw = write(tmp_path / "raw.wav", vocal(2.5, SR, 1), SR)
+    ref = write(tmp_path / "ref.wav", vocal(3.0, SR, 2, seed=1, level=0.4), SR)
+    reports = {}
+    for start in ("network", "ridge"):
+        out = tmp_path / f"{start}.wav"
+        rc = cli.main(["mix", str(raw), "-o", str(out), "--ckpt", str(ckpts["approach1-ridge"]), "--reference",
+                       str(ref), "--refine-steps", "1", "--refine-lr", "1e-6", "--refine-start", start, "--quiet"])
+        assert rc == 0, capsys.readouterr().err
+        reports[start] = json.loads(out.with_name(f"{start}.wav.params.json").read_text())
+    assert reports["ridge"]["refine"]["start"] == "ridge" and "--refine-start" in reports["ridge"]["provenance"]["command"]
+    assert "from the checkpoint's style ridge" in (tmp_path / "ridge.wav.mixsheet.md").read_text()
+    net, rid = (reports[k]["params_normalized"] for k in ("network", "ridge"))
+    # with a step of 1e-6, each refined setting is where it started (the network's, or the ridge's), but
+    # for the output gain, which then matches the reference's loudness
+    start = reports["network"]["refine"]["network_params_normalized"]
+    assert all(abs(net[k] - start[k]) < 1e-4 for k in net if k != "output_gain_db")
+    assert max(abs(net[k] - rid[k]) for k in net if k != "output_gain_db") > 1e-2
+    names = ridged.console.param_names
+    ridge = {k: getattr(ridged, f"style_ridge_{k}") for k in ("mean", "std", "weight", "bias")}
+    assert style_ridge_setting(ridge, torch.zeros(1, 1, SR), torch.zeros(1, 2, SR), SR).shape == (1, len(names))
+    # the evaluation's refinement (`refine: {start: ridge}`) starts there too
+    from mst_single.experiments import evaluate as E
+
+    testset = E.TestSet(ckpts["approach1"].parents[3] / "demo", sample_rate=SR, segment_seconds=1.0,
+                        val_fraction=0.25, test_fraction=0.25)
+    dataset, name = testset.segments("song"), testset.names[0]
+    x, r = E.song_segments(dataset, name, SR, ridged.target_lufs)
+    got = E.predict_settings(ridged, testset, "song", progress=False,
+                             refine={"steps": 1, "lr": 1e-6, "crops": 1, "match_level": False, "start": "ridge"})
+    assert torch.allclose(got[name], ridged.style_ridge_start(x, r), atol=1e-5)
+    assert not torch.allclose(got[name], E.predict_song_params(ridged, dataset, name), atol=1e-2)
+    # a checkpoint without a style ridge, or no refinement to start: refused, nothing written
+    for ckpt, args, needle in ((ckpts["approach1"], ["--refine-steps", "3"], "has no style ridge"),
+                               (ckpts["approach1-ridge"], [], "--refine-steps is 0")):
+        rc = cli.main(["mix", str(raw), "-o", str(tmp_path / "no.wav"), "--ckpt", str(ckpt), "--reference", str(ref),
+                       "--refine-start", "ridge", "--quiet", *args])
+        assert rc == 2 and needle in capsys.readouterr().err
+        assert not (tmp_path / "no.wav").exists()
+
+
+def test_style_ridge_is_for_approach1_only():
+    from mst_single.system import VocalMST
+
+    with pytest.raises(MstError, match="style_ridge reads a reference"):
+        VocalMST(approach="approach2", sample_rate=SR, style_ridge=True)
+    with pytest.raises(MstError, match="style_ridge_renders must be >= 1"):
+        VocalMST(approach="approach1", sample_rate=SR, style_ridge=True, style_ridge_renders=0)
 
 
 @pytest.mark.slow

@@ -143,3 +143,39 @@ def test_refine_probe_keeps_the_start_whose_refined_setting_matches_the_referenc
     assert list(screened) == [f"screen{j}" for j in ranked[:2]]
     with pytest.raises(SystemExit):
         probe.main(["--start", "oracle"])  # only network, mean or truth
+
+
+def test_style_ridge_reads_the_setting_of_an_unseen_reference_better_than_the_middle_of_the_range():
+    """style.fit_style_ridge (e09's `ridge-start`): fitted only on the console's renders of some takes, it
+    reads a new take's reference: output gain and reverb level much closer to the truth than the middle of
+    the range, on settings and a take it never saw (the EQ needs more renders than a test affords); same
+    seed, same map."""
+    from mst_single.style import RIDGE_BANDS, RIDGE_RANGE, fit_style_ridge, style_features, style_ridge_setting
+
+    console = VocalConsole(SR)
+    names = console.param_names
+    takes = [torch.stack([sung(1.0, 100 * k + s, f0=150.0 + 40 * k) for s in range(4)]) for k in range(5)]
+    ridge = fit_style_ridge(console, takes, renders=12, seed=3)
+    P, D = len(names), 17 * RIDGE_BANDS
+    assert ridge["weight"].shape == (D, P) and ridge["bias"].shape == (P,) and ridge["mean"].shape == (D,)
+    assert int(ridge["samples"]) == 60 and float(ridge["strength"]) > 0
+    again = fit_style_ridge(console, takes, renders=12, seed=3)
+    assert all(torch.equal(ridge[k], again[k]) for k in ridge)
+    assert not torch.equal(fit_style_ridge(console, takes, renders=12, seed=4)["weight"], ridge["weight"])
+
+    new = torch.stack([sung(1.0, 999 + s, f0=190.0) for s in range(4)])
+    g = torch.Generator().manual_seed(0)
+    watch = [names.index("output_gain_db"), names.index("reverb_wet_db")]
+    err, err_mid = torch.zeros(len(watch)), torch.zeros(len(watch))
+    for _ in range(8):
+        p = RIDGE_RANGE[0] + (RIDGE_RANGE[1] - RIDGE_RANGE[0]) * torch.rand(1, P, generator=g)
+        with torch.no_grad():
+            ref = console(new[2:], p.expand(2, -1))
+        got = style_ridge_setting(ridge, new[:2], ref, SR)
+        assert got.shape == (1, P) and ((got > 0) & (got < 1)).all()
+        err += (got - p)[0, watch].abs()
+        err_mid += (0.5 - p)[0, watch].abs()
+    assert (err < 0.6 * err_mid).all(), (err / 8, err_mid / 8)
+    assert style_features(new[:2], ref, SR).shape == (D,)
+    with pytest.raises(ValueError, match=">= 3 renders"):
+        fit_style_ridge(console, takes[:1], renders=2)

@@ -48,7 +48,9 @@ def _bool(v) -> bool:
     return v
 
 
-REFINE_KEYS = {"steps": int, "lr": float, "crops": int, "match_level": _bool}  # style.refine_setting's arguments
+REFINE_KEYS = {"steps": int, "lr": float, "crops": int, "match_level": _bool,  # style.refine_setting's arguments
+               "start": str}  # + where it starts: REFINE_STARTS
+REFINE_STARTS = ("network", "ridge")  # the network's setting, or the model's style ridge (model.style_ridge)
 TARGET_SOURCES = ("oracle", "oracle-prior", "truth")  # where the parameter targets come from (runner.prepare_targets)
 PRIOR_WEIGHT = 0.05  # oracle-prior: pull toward the fold's median fit (``param_target_prior_weight:`` overrides)
 DEMO_BUILD = "mst-single demo-data {folder}"
@@ -177,7 +179,8 @@ def load_experiment(folder: Path) -> dict:
 
 
 def refine_settings(refine, what: str, path) -> dict:
-    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops, match_level}; steps >= 1 required)."""
+    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops, match_level, start}; steps >= 1
+    required)."""
     if not isinstance(refine, dict) or "steps" not in refine or set(refine) - set(REFINE_KEYS):
         raise MstError(f"{what}: `refine:` must be a mapping with `steps` (and optionally lr, crops, match_level), "
                        f"got {refine!r}", path, "e.g. `refine: {steps: 30, lr: 0.05, crops: 4}`")
@@ -186,6 +189,9 @@ def refine_settings(refine, what: str, path) -> dict:
     except (TypeError, ValueError):
         raise MstError(f"{what}: `refine:` values must be numbers (match_level: true/false), got {refine!r}", path,
                        "e.g. `refine: {steps: 30, lr: 0.05, crops: 4}`") from None
+    if out.get("start", "network") not in REFINE_STARTS:
+        raise MstError(f"{what}: `refine: start:` must be one of {', '.join(REFINE_STARTS)}, got {out['start']!r}",
+                       path, "`start: ridge` needs the runs trained with model.style_ridge: true (experiments/e13)")
     if out["steps"] < 1 or out.get("crops", 1) < 1 or out.get("lr", 1.0) <= 0:
         raise MstError(f"{what}: `refine:` needs steps >= 1, crops >= 1 and lr > 0, got {refine!r}", path,
                        "remove `refine:` for no refinement")

@@ -276,20 +276,23 @@ def song_segments(dataset, name: str, sample_rate: int, target_lufs: float,
 
 def refine_song_params(model, dataset, name: str, p: torch.Tensor, refine: dict, seed: int = 0) -> torch.Tensor:
     """``style.refine_setting`` of the song's predicted setting p (1, P) on the references its
-    test-grid segments were given (:func:`song_segments`) -> (1, P) on the CPU."""
+    test-grid segments were given (:func:`song_segments`) -> (1, P) on the CPU. ``refine["start"]``
+    "ridge": start from the model's style ridge (``VocalMST.style_ridge_start``) instead of p."""
     from mst_single.style import refine_setting
 
     device = _device(model)
     raw, ref = song_segments(dataset, name, model.sample_rate, model.target_lufs, device)
+    kw = {k: v for k, v in refine.items() if k != "start"}
+    start = model.style_ridge_start(raw, ref) if refine.get("start") == "ridge" else p.to(device)
     with torch.enable_grad():
-        return refine_setting(model.console, raw, ref, p.to(device), seed=seed, **refine).cpu()
+        return refine_setting(model.console, raw, ref, start, seed=seed, **kw).cpu()
 
 
 def predict_settings(model, testset: TestSet, policy: str, progress: bool = True,
                      refine: dict | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """{song: setting (1, P) in [0, 1]} of a trained ``VocalMST`` for every test song, references by
     ``policy`` (``same`` for Approach 2, which ignores them). A song whose every segment is below the
-    silence threshold gets the neutral setting. ``refine`` ({steps, lr, crops, match_level};
+    silence threshold gets the neutral setting. ``refine`` ({steps, lr, crops, match_level, start};
     Approach 1): each song's setting is then refined on its references' style (:func:`refine_song_params`)."""
     from mst_single.progress import progress as progress_bar
 

@@ -193,6 +193,10 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
     if refine and approach != "approach1":
         raise MstError(f"variant {variant!r}: `refine:` needs a reference, so Approach 1 (it trains {approach})",
                        Path(exp["folder"]) / C.CONFIG_NAME, "remove `refine:` or train configs/approach1.yaml")
+    if refine and refine.get("start") == "ridge" and not (cfg.get("model") or {}).get("style_ridge"):
+        raise MstError(f"variant {variant!r}: `refine: {{start: ridge}}` starts from the model's style ridge, which "
+                       "only runs trained with model.style_ridge: true have", Path(exp["folder"]) / C.CONFIG_NAME,
+                       "add `model.style_ridge: true` to the variant's overrides, or `start: network`")
     targets = exp["variants"][variant].get("param_targets", "oracle") if uses_targets(cfg) else None
     if targets:  # each training song's oracle (or true) setting, written by prepare_targets before training
         cfg["data"]["param_targets"] = str(targets_file(plan.runs_dir, data, fold, targets))
