@@ -386,8 +386,8 @@ class VocalMST(pl.LightningModule):
         with torch.no_grad():
             for k, v in fit.items():
                 getattr(self, f"style_ridge_{k}").copy_(v)
-        rank_zero_info(f"style ridge: fitted on {int(fit['samples'])} console renders of {len(raws)} training songs "
-                       f"(strength {float(fit['strength']):g}, chosen by leave-one-out)")
+        rank_zero_info(f"style ridge: fitted on {int(fit['samples'])} console renders of {len(raws)} training and "
+                       f"validation songs (strength {float(fit['strength']):g}, chosen by leave-one-out)")
 
     def style_ridge_start(self, raw: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """The style ridge's setting (1, P) for a song's normalised raw segments (n, 1, samples) and its
