@@ -159,6 +159,7 @@ def refine_setting(console, raw: torch.Tensor, reference: torch.Tensor, init: to
 # console's own renders of the training raws at random settings, is a better start (experiments/e13).
 RIDGE_BANDS = 16  # coarser than the refinement's 48: ~750 renders per fold fit 272 features, not 816
 RIDGE_RANGE = (0.1, 0.9)  # random settings are drawn here, away from the box edges real settings rarely reach
+RIDGE_MAX_SEGMENTS = 16  # per song when `fit` renders it: a 4-min take's ~160 segments would cost 10x the time
 
 
 def style_features(raw: torch.Tensor, reference: torch.Tensor, sample_rate: int,
@@ -180,11 +181,12 @@ def style_features(raw: torch.Tensor, reference: torch.Tensor, sample_rate: int,
                       b["side"].clamp(min=-60).reshape(-1), b["quantiles"].reshape(-1)]).float()
 
 
-def fit_style_ridge(console, raws: list, renders: int = 30, seed: int = 0,
+def fit_style_ridge(console, raws, renders: int = 30, seed: int = 0,
                     n_bands: int = RIDGE_BANDS) -> dict[str, torch.Tensor]:
     """A ridge map from :func:`style_features` to the setting, learned from the console alone.
 
-    For each song's raw segments (n, 1, samples) in ``raws``, ``renders`` times: a random setting in
+    For each song's raw segments (n, 1, samples) in ``raws`` (any iterable: songs can be read one at a
+    time), ``renders`` times: a random setting in
     :data:`RIDGE_RANGE` renders a random half of the segments as the "reference"; the other half is the
     raw it is compared with (as a `song` reference pairs another section of the same take). No mix
     and no true setting is needed, so it can be fitted on any raw vocals. Strength by leave-one-out
@@ -198,9 +200,9 @@ def fit_style_ridge(console, raws: list, renders: int = 30, seed: int = 0,
 
     g = torch.Generator().manual_seed(int(seed))
     lo, hi = RIDGE_RANGE
-    X, Y = [], []
+    X, Y, songs = [], [], 0
     for raw in raws:
-        n = raw.shape[0]
+        n, songs = raw.shape[0], songs + 1
         for _ in range(int(renders)):
             perm = torch.randperm(n, generator=g)
             half = max(1, n // 2)
@@ -211,7 +213,7 @@ def fit_style_ridge(console, raws: list, renders: int = 30, seed: int = 0,
                                         console.sample_rate, n_bands).cpu().numpy())
             Y.append(p.reshape(-1).numpy())
     if len(X) < 3:
-        raise ValueError(f"fit_style_ridge needs >= 3 renders, got {len(X)} ({len(raws)} songs x {renders})")
+        raise ValueError(f"fit_style_ridge needs >= 3 renders, got {len(X)} ({songs} songs x {renders})")
     X, Y = np.stack(X).astype(np.float64), np.stack(Y)
     mean, std = X.mean(0), X.std(0) + 1e-6
     W, b, lam = ridge_logits((X - mean) / std, Y)

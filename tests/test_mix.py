@@ -181,6 +181,42 @@ def test_mix_refine_start_ridge_starts_from_the_checkpoints_style_ridge(ckpts, t
         assert not (tmp_path / "no.wav").exists()
 
 
+def test_style_ridge_reads_one_song_at_a_time_and_at_most_its_cap_of_segments(tmp_path, monkeypatch):
+    """A few hundred long takes must not all sit in memory, nor every segment of a 4-min take be rendered."""
+    import types
+
+    from mst_single import style
+    from mst_single.data import VocalDataModule
+    from mst_single.demo import make_demo_data
+    from mst_single.system import VocalMST
+
+    root = make_demo_data(tmp_path / "demo", songs=5, seconds=4, sample_rate=SR)
+    dm = VocalDataModule(str(root), sample_rate=SR, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2)
+    dm.setup("fit")
+    seen, fit = [], style.fit_style_ridge
+
+    def spy(console, raws, *a, **kw):
+        def each():
+            for x in raws:  # a generator: each song is read when the fit gets to it
+                seen.append(tuple(x.shape))
+                yield x
+        assert not isinstance(raws, (list, tuple))
+        return fit(console, each(), *a, **kw)
+
+    monkeypatch.setattr(style, "fit_style_ridge", spy)
+    monkeypatch.setattr(style, "RIDGE_MAX_SEGMENTS", 2)
+    model = VocalMST(approach="approach1", sample_rate=SR, style_ridge=True, style_ridge_renders=2)
+    model._trainer = types.SimpleNamespace(datamodule=dm)
+    model._fit_style_ridge()
+    assert len(seen) == len(dm.splits["train"]) + len(dm.splits["val"]) == 4
+    assert all(shape == (2, 1, SR) for shape in seen)  # 4 s takes: 4 segments each, capped at 2
+    assert int(model.style_ridge_samples) == 8 and torch.isfinite(model.style_ridge_weight).all()
+    seen.clear()
+    monkeypatch.setattr(style, "RIDGE_MAX_SEGMENTS", 100)
+    model._fit_style_ridge()
+    assert max(shape[0] for shape in seen) > 2  # so the cap above did cut
+
+
 def test_style_ridge_is_for_approach1_only():
     from mst_single.system import VocalMST
 
