@@ -221,6 +221,35 @@ def fit_style_ridge(console, raws, renders: int = 30, seed: int = 0,
     return {"mean": t(mean), "std": t(std), "weight": t(W), "bias": t(b), "strength": t(lam), "samples": t(len(X))}
 
 
+def style_ridge_raws(songs, sample_rate: int, target_lufs: float, segment_seconds: float, split_seed: int = 0,
+                     silence_threshold_db: float = -50.0, device="cpu"):
+    """The raw segments ``fit`` renders for the style ridge: (a generator of (n, 1, samples) per song, read
+    one song at a time, loudness-normalised to ``target_lufs`` by the song's gain; the number of songs).
+    ``songs``: ``SongInfo`` list (training + validation); the test grid's segments, at most
+    :data:`RIDGE_MAX_SEGMENTS` per song spread over the take; a song below the silence threshold has none."""
+    from mst_single.data import VocalReferenceDataset
+    from mst_single.loudness import normalize_loudness
+    from mst_single.progress import progress
+
+    grid = VocalReferenceDataset(split="test", sample_rate=sample_rate, segment_seconds=segment_seconds,
+                                 reference_policy="same", split_seed=split_seed,
+                                 silence_threshold_db=silence_threshold_db, songs=list(songs))
+    per_song: dict[int, list[int]] = {}
+    for i, (si, _) in enumerate(grid.grid):
+        per_song.setdefault(si, []).append(i)
+
+    def raws():
+        for _, items in progress(sorted(per_song.items()), total=len(per_song), desc="style ridge: rendering",
+                                 unit="songs", leave=False):
+            keep = np.unique(np.linspace(0, len(items) - 1, min(len(items), RIDGE_MAX_SEGMENTS)).round().astype(int))
+            batch = [grid[items[k]] for k in keep]
+            x, _ = normalize_loudness(torch.stack([b["raw"] for b in batch]).to(device), sample_rate, target_lufs,
+                                      lufs=torch.stack([b["raw_lufs"] for b in batch]).to(device))
+            yield x
+
+    return raws(), len(per_song)
+
+
 def style_ridge_setting(ridge: dict[str, torch.Tensor], raw: torch.Tensor, reference: torch.Tensor,
                         sample_rate: int, n_bands: int = RIDGE_BANDS) -> torch.Tensor:
     """The setting (1, P) in [0, 1] that a :func:`fit_style_ridge` map reads from a song's raw segments

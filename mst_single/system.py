@@ -363,11 +363,7 @@ class VocalMST(pl.LightningModule):
                        f"(strength {lam:g}, chosen by leave-one-out)")
 
     def _fit_style_ridge(self) -> None:
-        import numpy as np
-
-        from mst_single.data import VocalReferenceDataset
-        from mst_single.progress import progress
-        from mst_single.style import RIDGE_MAX_SEGMENTS, fit_style_ridge
+        from mst_single.style import fit_style_ridge, style_ridge_raws
 
         dm = getattr(self.trainer, "datamodule", None)
         splits = getattr(dm, "splits", None) or {}
@@ -376,29 +372,15 @@ class VocalMST(pl.LightningModule):
             raise MstError("model.style_ridge needs the training songs' raw vocals to render",
                            fix="train with the VocalDataModule (`mst-single fit`), or set model.style_ridge: false")
         h = dm.hparams
-        grid = VocalReferenceDataset(split="test", sample_rate=self.sample_rate, segment_seconds=h.segment_seconds,
-                                     reference_policy="same", split_seed=h.split_seed,
-                                     silence_threshold_db=h.silence_threshold_db, songs=songs)
-        per_song: dict[int, list[int]] = {}
-        for i, (si, _) in enumerate(grid.grid):  # a song below the silence threshold has no segment
-            per_song.setdefault(si, []).append(i)
-
-        def raws():  # one song in memory at a time; a long song gives RIDGE_MAX_SEGMENTS spread over it
-            for si, items in progress(sorted(per_song.items()), total=len(per_song), desc="style ridge: rendering",
-                                      unit="songs", leave=False):
-                keep = np.unique(np.linspace(0, len(items) - 1, min(len(items), RIDGE_MAX_SEGMENTS)).round().astype(int))
-                batch = [grid[items[k]] for k in keep]
-                x, _ = normalize_loudness(torch.stack([b["raw"] for b in batch]).to(self.device), self.sample_rate,
-                                          self.target_lufs, lufs=torch.stack([b["raw_lufs"] for b in batch]).to(self.device))
-                yield x
-
+        raws, count = style_ridge_raws(songs, self.sample_rate, self.target_lufs, h.segment_seconds, h.split_seed,
+                                       h.silence_threshold_db, self.device)
         # its own generator from the run's seed: the network's training draws exactly what it would without
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-        fit = fit_style_ridge(self.console, raws(), int(self.hparams.style_ridge_renders), seed=seed)
+        fit = fit_style_ridge(self.console, raws, int(self.hparams.style_ridge_renders), seed=seed)
         with torch.no_grad():
             for k, v in fit.items():
                 getattr(self, f"style_ridge_{k}").copy_(v)
-        rank_zero_info(f"style ridge: fitted on {int(fit['samples'])} console renders of {len(per_song)} training and "
+        rank_zero_info(f"style ridge: fitted on {int(fit['samples'])} console renders of {count} training and "
                        f"validation songs (strength {float(fit['strength']):g}, chosen by leave-one-out)")
 
     def style_ridge_start(self, raw: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -977,3 +977,48 @@ def test_a_worker_refuses_to_train_when_the_package_changed_since_ablate_started
     monkeypatch.setenv(runner.CODE_ENV, code_fingerprint())  # unchanged: past the check, to the missing spec
     with pytest.raises(FileNotFoundError):
         runner.worker(spec)
+
+
+def test_ridge_heldout_scores_ridge_start_on_new_data_without_training(tiny, tmp_path, capsys):
+    """scripts/ridge_heldout.py (e09 README, "Held-out check"): the baselines and every fold's test songs,
+    refined from a style ridge fitted on that fold's training + validation raws; no network trained."""
+    import importlib.util
+
+    from mst_single import style as S
+    from mst_single.console import VocalConsole
+    from mst_single.experiments import evaluate as E
+
+    spec = importlib.util.spec_from_file_location("ridge_heldout", REPO_ROOT / "scripts" / "ridge_heldout.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    folder, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-heldout", data)
+    text = (exp_dir / "config.yaml").read_text().replace(
+        "overrides: {model.param_loss_weight: 1.0}", "overrides: {model.param_loss_weight: 1.0, model.style_ridge: true, "
+        "model.style_ridge_renders: 2}").replace("refine: {steps: 2, crops: 1}", "refine: {steps: 2, crops: 1, start: ridge}")
+    (exp_dir / "config.yaml").write_text(text)
+    args = ["--experiment", str(exp_dir), "--variant", "approach1", "--budget", "test", "--data", f"demo={data}",
+            "--seeds", "0,1", "--out", str(tmp_path / "out")]
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if " seed " in line] == [
+        "fold 0 seed 0", "fold 0 seed 1", "fold 1 seed 0", "fold 1 seed 1", "all folds, seed 0", "all folds, seed 1"]
+    assert "all folds, seed 0: 6 songs, mrstft" in out and "gap closed" in out  # every song tested once
+    assert not list((tmp_path / "out" / "runs").glob("approach1-*"))  # nothing trained
+    assert (tmp_path / "out" / "runs" / "_data" / "demo" / "baselines-fold0.json").is_file()
+
+    # what it scores: the ridge of the fold's training + validation raws, then the variant's refinement
+    split = tmp_path / "out" / "runs" / "_data" / "demo" / "splits" / "fold0.json"
+    ts = E.TestSet(data, sample_rate=16000, segment_seconds=1.0, val_fraction=0.2, split_file=str(split))
+    console = VocalConsole(16000)
+    got = script.ridge_start_settings(console, ts, -23.0, {"steps": 2, "crops": 1, "start": "ridge"}, 2, seed=1)
+    raws, n = S.style_ridge_raws(list(ts.splits["train"]) + list(ts.splits["val"]), 16000, -23.0, 1.0)
+    ridge = S.fit_style_ridge(console, raws, 2, seed=1)
+    name = ts.names[0]
+    raw, ref = E.song_segments(ts.segments("song"), name, 16000, -23.0)
+    start = S.style_ridge_setting(ridge, raw, ref, 16000)
+    assert n == len(ts.splits["train"]) + len(ts.splits["val"]) and set(got) == set(ts.names)
+    assert torch.allclose(got[name], S.refine_setting(console, raw, ref, start, steps=2, crops=1, seed=1), atol=1e-6)
+    assert (got[name] - start).abs().max() > 1e-4  # refined, not the ridge's setting as it is
+    with pytest.raises(MstError, match="not refined from a style ridge"):
+        script.main([*args[:2], "--variant", "approach2", *args[4:]])
