@@ -85,7 +85,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not set(a.start.split(",")) <= set(STARTS):
         ap.error(f"--start: {', '.join(STARTS)} (comma-separated), got {a.start!r}")
-    torch.set_num_threads(1)
 
     folder = Path(a.experiment)
     plan = R.make_plan(argparse.Namespace(
@@ -150,4 +149,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # here, not in main(): a caller's (a test's) process keeps its own thread count
     sys.exit(main())

@@ -60,7 +60,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default="/tmp/ridge-heldout", help="baselines and splits (runs/_data) go here")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
     plan = R.make_plan(argparse.Namespace(
         experiment=a.experiment, budget=a.budget, data=[a.data], seeds=None, folds=a.folds, out=a.out, force=False,
         jobs=1, variant=a.variant, seed=None, fold=None, data_name=None, export_sweep=False, check=False,
@@ -102,4 +101,5 @@ def _line(got: dict, base: dict) -> str:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # here, not in main(): a caller's (a test's) process keeps its own thread count
     sys.exit(main())

@@ -999,7 +999,9 @@ def test_ridge_heldout_scores_ridge_start_on_new_data_without_training(tiny, tmp
     (exp_dir / "config.yaml").write_text(text)
     args = ["--experiment", str(exp_dir), "--variant", "approach1", "--budget", "test", "--data", f"demo={data}",
             "--seeds", "0,1", "--out", str(tmp_path / "out")]
+    threads = torch.get_num_threads()
     assert script.main(args) == 0
+    assert torch.get_num_threads() == threads  # a later test's training would otherwise use another count
     out = capsys.readouterr().out
     assert [line.split(":")[0] for line in out.splitlines() if " seed " in line] == [
         "fold 0 seed 0", "fold 0 seed 1", "fold 1 seed 0", "fold 1 seed 1", "all folds, seed 0", "all folds, seed 1"]
