@@ -43,6 +43,8 @@ DEFAULT_BLOCK = 1 << 19  # samples per streaming block (10.9 s at 48 kHz, ~20 MB
 _CKPT_FIX = "pass a .ckpt written by `mst-single fit` (runs/NAME/checkpoints/last.ckpt or best-*.ckpt)"
 _MODEL_CACHE: dict = {}
 
+REFINE_STARTS = ("network", "ridge")  # --refine-start, refine: {start}: the network's setting or the style ridge's
+
 
 # ----------------------------------------------------------------------------------------------
 # checkpoint
@@ -340,7 +342,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             output gain is set so that their loudness is the reference segments' (``style.refine_setting``;
             0: the network's setting as it is). refine_lr: Adam's step on the setting's logits;
             refine_crops: raw segments per step. refine_start: "network" (its setting) or "ridge" (the
-            checkpoint's style ridge, ``model.style_ridge``; experiments/e13).
+            checkpoint's style ridge, ``model.style_ridge``; experiments/e09-refine, ridge-start).
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
@@ -357,8 +359,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if refine_steps and not model.needs_reference:
         raise MstError("--refine-steps needs a reference mix, and this is an approach2 checkpoint", ckpt,
                        "drop --refine-steps, or use an approach1 checkpoint with --reference")
-    if refine_start not in ("network", "ridge"):
-        raise MstError(f"--refine-start must be network or ridge, got {refine_start!r}", fix="e.g. --refine-start ridge")
+    if refine_start not in REFINE_STARTS:
+        raise MstError(f"--refine-start must be one of {', '.join(REFINE_STARTS)}, got {refine_start!r}",
+                       fix="e.g. --refine-start ridge")
     if refine_start == "ridge" and not refine_steps:
         raise MstError("--refine-start ridge starts the refinement, and --refine-steps is 0 (no refinement)",
                        fix="add --refine-steps 30, or drop --refine-start")
@@ -544,9 +547,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "steps (experiments/e09-refine; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off)")
     parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
     parser.add_argument("--refine-crops", type=int, default=4, help="raw segments per refinement step (default 4)")
-    parser.add_argument("--refine-start", choices=("network", "ridge"), default="network",
+    parser.add_argument("--refine-start", choices=REFINE_STARTS, default="network",
                         help="where refinement starts: the network's setting, or the checkpoint's style ridge "
-                             "(trained with model.style_ridge: true; experiments/e13-style-ridge)")
+                             "(trained with model.style_ridge: true; experiments/e09-refine, ridge-start)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -156,10 +156,11 @@ def refine_setting(console, raw: torch.Tensor, reference: torch.Tensor, init: to
 # Where refinement starts matters more than its statistics (e09 README, "What limits it"): from the
 # true setting they keep 73-86 % of the gap, from the network's prediction 42-57 %. The network reads
 # the reference poorly from a few dozen songs; a linear map from the same statistics, fitted on the
-# console's own renders of the training raws at random settings, is a better start (experiments/e13).
+# console's own renders of the training raws at random settings, is a better start (e09 ridge-start).
 RIDGE_BANDS = 16  # coarser than the refinement's 48: ~750 renders per fold fit 272 features, not 816
 RIDGE_RANGE = (0.1, 0.9)  # random settings are drawn here, away from the box edges real settings rarely reach
 RIDGE_MAX_SEGMENTS = 16  # per song when `fit` renders it: a 4-min take's ~160 segments would cost 10x the time
+RIDGE_FEATURES = (2 * len(QUANTILES) + len(DELTA_QUANTILES) + 1) * RIDGE_BANDS  # style_features' length
 
 
 def style_features(raw: torch.Tensor, reference: torch.Tensor, sample_rate: int,
@@ -171,7 +172,8 @@ def style_features(raw: torch.Tensor, reference: torch.Tensor, sample_rate: int,
         reference: (m, 2, samples) reference segments (mono (m, 1, ...) is read as side = 0).
 
     Returns:
-        (17 * n_bands,) float32: per band (:func:`style_stats`), the reference's level quantiles and
+        ((2 * len(QUANTILES) + len(DELTA_QUANTILES) + 1) * n_bands,) float32 (:data:`RIDGE_FEATURES`
+        for the default bands): per band (:func:`style_stats`), the reference's level quantiles and
         level-change quantiles minus the raw's (dB), the reference's side/mid ratio (dB, floored at
         -60) and its own level quantiles (dB).
     """

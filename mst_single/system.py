@@ -34,7 +34,7 @@ from mst_single.errors import MstError
 from mst_single.losses import MRSTFTL1Loss
 from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
-from mst_single.style import RIDGE_BANDS
+from mst_single.style import RIDGE_FEATURES
 
 
 class VocalMST(pl.LightningModule):
@@ -105,7 +105,7 @@ class VocalMST(pl.LightningModule):
             a reference relative to the raw (`style.fit_style_ridge`) on the console's own renders of the
             training and validation raws at `style_ridge_renders` random settings each (no mixes used),
             and keep it in the checkpoint; test-time refinement can then start from it instead of the
-            network's prediction (`refine: {start: ridge}`, `mix --refine-start ridge`; experiments/e13).
+            network's prediction (`refine: {start: ridge}`, `mix --refine-start ridge`; e09 ridge-start).
             The network itself is trained as without it.
     """
 
@@ -186,7 +186,7 @@ class VocalMST(pl.LightningModule):
                                fix="set model.style_ridge: false, or train configs/approach1.yaml")
             if int(style_ridge_renders) < 1:
                 raise MstError(f"model.style_ridge_renders must be >= 1, got {style_ridge_renders}", fix="e.g. 30")
-            d, n = 17 * RIDGE_BANDS, self.console.num_params  # NaN until on_fit_start fits them
+            d, n = RIDGE_FEATURES, self.console.num_params  # NaN until on_fit_start fits them
             for name, shape in (("mean", (d,)), ("std", (d,)), ("weight", (d, n)), ("bias", (n,)),
                                 ("strength", ()), ("samples", ())):
                 self.register_buffer(f"style_ridge_{name}", torch.full(shape, float("nan")))
@@ -392,7 +392,7 @@ class VocalMST(pl.LightningModule):
             raise MstError("this checkpoint has no style ridge to start the refinement from (it was trained "
                            "without model.style_ridge, or before `fit` started)",
                            fix="refine from the network's setting (`--refine-start network`, `refine: {start: "
-                               "network}`), or train with model.style_ridge: true (experiments/e13)")
+                               "network}`), or train with model.style_ridge: true (e09 ridge-start)")
         ridge = {k: getattr(self, f"style_ridge_{k}") for k in ("mean", "std", "weight", "bias")}
         return style_ridge_setting(ridge, raw, reference, self.sample_rate).to(raw.device)
 

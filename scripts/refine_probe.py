@@ -13,7 +13,7 @@ repository root (e09 README, "What limits it"):
 setting (truth.json: not available to a real model; it asks whether the statistics keep the answer once
 there), or a `ridge` map from (reference statistics - raw statistics) to the setting, fitted on the
 console's own renders of the fold's training and validation raws at random settings (`--renders` per
-song; no mix, no truth and no network: ``style.fit_style_ridge``, which e13's `ridge-start` uses).
+song; no mix, no truth and no network: ``style.fit_style_ridge``, which e09's `ridge-start` uses).
 Several: each is refined and the one with the lowest style loss on all of the song's raw segments
 is kept; the line says how often each won (e.g. `network,truth`: does the loss prefer the answer's basin?).
 --screen N: also draw N uniform settings, keep the --top K by style loss on 4 raw segments and refine

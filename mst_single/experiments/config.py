@@ -49,8 +49,7 @@ def _bool(v) -> bool:
 
 
 REFINE_KEYS = {"steps": int, "lr": float, "crops": int, "match_level": _bool,  # style.refine_setting's arguments
-               "start": str}  # + where it starts: REFINE_STARTS
-REFINE_STARTS = ("network", "ridge")  # the network's setting, or the model's style ridge (model.style_ridge)
+               "start": str}  # + where it starts: mix.REFINE_STARTS
 TARGET_SOURCES = ("oracle", "oracle-prior", "truth")  # where the parameter targets come from (runner.prepare_targets)
 PRIOR_WEIGHT = 0.05  # oracle-prior: pull toward the fold's median fit (``param_target_prior_weight:`` overrides)
 DEMO_BUILD = "mst-single demo-data {folder}"
@@ -189,9 +188,11 @@ def refine_settings(refine, what: str, path) -> dict:
     except (TypeError, ValueError):
         raise MstError(f"{what}: `refine:` values must be numbers (match_level: true/false), got {refine!r}", path,
                        "e.g. `refine: {steps: 30, lr: 0.05, crops: 4}`") from None
+    from mst_single.mix import REFINE_STARTS
+
     if out.get("start", "network") not in REFINE_STARTS:
         raise MstError(f"{what}: `refine: start:` must be one of {', '.join(REFINE_STARTS)}, got {out['start']!r}",
-                       path, "`start: ridge` needs the runs trained with model.style_ridge: true (experiments/e13)")
+                       path, "`start: ridge` needs the runs trained with model.style_ridge: true (e09 ridge-start)")
     if out["steps"] < 1 or out.get("crops", 1) < 1 or out.get("lr", 1.0) <= 0:
         raise MstError(f"{what}: `refine:` needs steps >= 1, crops >= 1 and lr > 0, got {refine!r}", path,
                        "remove `refine:` for no refinement")
