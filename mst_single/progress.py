@@ -14,10 +14,23 @@ closes. Use it instead of tqdm everywhere (``enabled=False`` silences both).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 EVERY_SECONDS = 30.0
 
+
+
+_SAY_LOCK = threading.Lock()
+
+
+def say(text: str, file=None) -> None:
+    """Print ``text`` as one whole line (one write, then flush). Why not print(): it writes the text
+    and the newline separately, so lines from `ablate --jobs 2`'s threads ran into each other."""
+    stream = file or sys.stdout
+    with _SAY_LOCK:
+        stream.write(f"{text}\n")
+        stream.flush()
 
 def on_terminal(stream=None) -> bool:
     """Whether ``stream`` (default ``sys.stderr``, where tqdm writes) is an interactive terminal."""
@@ -87,7 +100,7 @@ class LineProgress:
     def _emit(self) -> None:
         if not self.enabled:
             return
-        print(self.line(), file=self.file or sys.stderr, flush=True)
+        say(self.line(), self.file or sys.stderr)
         self._printed = True
         self._last_time, self._last_n = time.monotonic(), self.n
 
@@ -107,7 +120,7 @@ class LineProgress:
 
     def write(self, text: str) -> None:
         if self.enabled:
-            print(text, file=self.file or sys.stderr, flush=True)
+            say(text, self.file or sys.stderr)
 
     def close(self) -> None:
         if self._closed:

@@ -33,6 +33,47 @@ def test_line_progress_prints_whole_lines_with_eta(capsys):
     assert isinstance(progress(total=3, file=Tty()), tqdm)
 
 
+def test_lines_from_threads_never_run_into_each_other():
+    """`ablate --jobs 2` reports from two threads; print() wrote each text and its newline apart, so a log
+    read "...eval.json[8/24] ...". ``say`` writes whole lines, also from a ``LineProgress``."""
+    import threading
+    import time
+
+    from mst_single.progress import LineProgress, say
+
+    class Slow:  # a stream that lets another thread in between any two writes
+        def __init__(self):
+            self.parts = []
+
+        def write(self, s):
+            time.sleep(0.0002)
+            self.parts.append(s)
+
+        def flush(self):
+            pass
+
+    out = Slow()
+
+    def talk(k):
+        for i in range(40):
+            say(f"thread {k} line {i}", out)
+        bar = LineProgress(total=2, desc=f"bar {k}", file=out, every_n=1)
+        bar.update(1)
+        bar.update(1)
+        bar.close()
+
+    threads = [threading.Thread(target=talk, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(p.endswith("\n") and p.count("\n") == 1 for p in out.parts)  # one write per whole line
+    lines = "".join(out.parts).splitlines()
+    assert sorted(x for x in lines if x.startswith("thread")) == sorted(f"thread {k} line {i}" for k in range(4)
+                                                                        for i in range(40))
+    assert sum(x.startswith("bar ") for x in lines) == 8
+
+
 def test_fit_off_a_terminal_logs_lines_not_a_bar(make_data, tmp_path, capfd):
     """Lightning's bar is asked for (enable_progress_bar true) but the output is not a terminal: the
     run logs whole lines (step/total, loss, ETA, validation) and not one carriage return."""

@@ -50,6 +50,7 @@ from mst_single.experiments import folds as F
 from mst_single.experiments import records as R
 from mst_single.experiments.config import NONE
 from mst_single.fileio import write_json, write_text
+from mst_single.progress import say
 
 RESULTS = "results"
 RUNS = "runs"  # under the results folder: run folders, split files, caches (gitignored)
@@ -298,12 +299,12 @@ def prepare_targets(plan: Plan, force: bool = False, jobs: int = 1) -> None:
         songs = list(testset.splits["train"]) + list(testset.splits["val"])
         model = u.config.get("model") or {}
         if source == "truth":
-            print(f"parameter targets fold {f} ({d}): the true setting of {len(songs)} training/validation songs "
-                  f"(truth.json)", flush=True)
+            say(f"parameter targets fold {f} ({d}): the true setting of {len(songs)} training/validation songs "
+                f"(truth.json)")
             write_json(path, truth_targets(Path(plan.data[d]["folder"]), model, songs))
             continue
-        print(f"parameter targets fold {f} ({d}): the oracle setting of {len(songs)} training/validation songs "
-              f"(cached in {oracle_cache(plan)})", flush=True)
+        say(f"parameter targets fold {f} ({d}): the oracle setting of {len(songs)} training/validation songs "
+            f"(cached in {oracle_cache(plan)})")
         fits, console = fit_oracle(plan, d, model, songs, force, jobs)
         if source == "oracle-prior":
             fits = fit_prior(plan, model, songs, console, fits, force, jobs)
@@ -318,8 +319,8 @@ def fit_prior(plan: Plan, model: dict, songs: list, console, fits: dict, force: 
 
     settings = C.baseline_settings(plan.exp, plan.budget)
     prior, weight = B.median_setting([fits[s.name][0] for s in songs]), C.prior_weight(plan.exp)
-    print(f"parameter targets: refitting {len(songs)} songs toward their median oracle setting "
-          f"(weight {weight:g})", flush=True)
+    say(f"parameter targets: refitting {len(songs)} songs toward their median oracle setting "
+        f"(weight {weight:g})")
     return B.fit_songs(console, songs, target_lufs=float(model.get("target_lufs", -23.0)),
                        budget=settings.get("oracle") or {}, cache_dir=oracle_cache(plan),
                        seed=int(settings.get("seed", 0)), refit=force, prior=prior, prior_weight=weight, jobs=jobs)
@@ -422,7 +423,7 @@ def run_unit(unit: Unit, index: int, total: int, code: str | None = None) -> dic
     write_json(unit.run_dir / "unit.json", unit.spec)
     log = unit.run_dir / "ablate.log"
     what = unit.approach + (f", trained with {unit.policy} references" if unit.policy != NONE else "")
-    print(f"[{index}/{total}] {unit.label}: training + evaluation ({what}); log {log}", flush=True)
+    say(f"[{index}/{total}] {unit.label}: training + evaluation ({what}); log {log}")
     t0 = time.time()
     with open(log, "w", encoding="utf-8") as f:
         proc = subprocess.run([sys.executable, "-m", "mst_single.ablate", "--worker", str(unit.run_dir / "unit.json")],
@@ -434,8 +435,7 @@ def run_unit(unit: Unit, index: int, total: int, code: str | None = None) -> dic
     result = json.loads((unit.run_dir / "eval.json").read_text())
     means = {r["eval_policy"]: r["value"] for r in result["rows"] if r["song"] == "mean" and r["metric"] == "mrstft"}
     shown = ", ".join(f"{'test' if k == NONE else k + ' refs'} mrstft {v:.4f}" for k, v in means.items())
-    print(f"[{index}/{total}] {unit.label}: done in {time.time() - t0:.0f} s, {result.get('steps')} steps ({shown})",
-          flush=True)
+    say(f"[{index}/{total}] {unit.label}: done in {time.time() - t0:.0f} s, {result.get('steps')} steps ({shown})")
     return result
 
 
@@ -472,8 +472,8 @@ def worker(spec_path: Path) -> int:
     model, meta = load_model(ckpt)
     model.to(device)
     testset = E.TestSet(**spec["eval_data"])
-    print(f"evaluation on {device}: {len(testset.names)} test songs, reference policies "
-          f"{', '.join(spec['eval_policies'])}", flush=True)
+    say(f"evaluation on {device}: {len(testset.names)} test songs, reference policies "
+        f"{', '.join(spec['eval_policies'])}")
     rows, predictions, params, audio = [], [], {}, {}
     report = spec.get("report")
     for policy in spec["eval_policies"]:
@@ -487,8 +487,8 @@ def worker(spec_path: Path) -> int:
         if report:
             audio[key] = write_report_audio(results, report, key, testset.sample_rate)
         m = next(r["value"] for r in rows if r["eval_policy"] == policy and r["song"] == "mean" and r["metric"] == "mrstft")
-        print(f"evaluation ({'test' if policy == NONE else policy + ' refs'}): mrstft {m:.4f} "
-              f"({time.time() - t1:.0f} s)", flush=True)
+        say(f"evaluation ({'test' if policy == NONE else policy + ' refs'}): mrstft {m:.4f} "
+            f"({time.time() - t1:.0f} s)")
     if spec["approach"] == "approach1":  # the within-song noise floor of reference sensitivity
         alt = E.predict_settings(model, testset, "song-alt", refine=spec.get("refine"), seed=spec["seed"])
         predictions += prediction_rows(spec, "song-alt", spec["seed"], {
@@ -602,7 +602,7 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
     if cache.exists() and not force:
         old = json.loads(cache.read_text())
         if old.get("hash") == spec_hash:
-            print(f"{where}: up to date, reusing {cache}", flush=True)
+            say(f"{where}: up to date, reusing {cache}")
             return dict(old, reused=True)
     t0 = time.time()
     torch.manual_seed(seed)
@@ -611,7 +611,7 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
     target_lufs = float(model.get("target_lufs", -23.0))
     meta = dict(experiment=exp["name"], budget=plan.budget, data=data, approach=NONE, policy=NONE, fold=fold)
     out = dict(empty, hash=spec_hash)
-    print(f"{where}: {', '.join(names)} on {len(testset.names)} test songs", flush=True)
+    say(f"{where}: {', '.join(names)} on {len(testset.names)} test songs")
     for name in names:
         t1 = time.time()
         fit_info, steps = {}, 0
@@ -624,8 +624,8 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
             fit_info = {"steps": info.steps, "stopped_by": info.stopped_by, "loss_first": info.losses[0],
                         "loss_last": info.losses[-1], "train_songs": len(testset.splits["train"])}
             steps = info.steps
-            print(f"{where}: mean-preset fitted on {len(testset.splits['train'])} training songs, {info.steps} steps "
-                  f"({info.stopped_by}), loss {info.losses[0]:.4f} -> {info.losses[-1]:.4f}", flush=True)
+            say(f"{where}: mean-preset fitted on {len(testset.splits['train'])} training songs, {info.steps} steps "
+                f"({info.stopped_by}), loss {info.losses[0]:.4f} -> {info.losses[-1]:.4f}")
             results = E.evaluate_setting(console, target_lufs, testset, p, desc="scoring mean-preset")
         elif name == "descriptor-ridge":
             train = list(testset.splits["train"])
@@ -636,8 +636,8 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
                                         testset.songs)
             house = house_loudness(train)
             fit_info = {"strength": lam, "train_songs": len(train), "house_lufs": house}
-            print(f"{where}: descriptor-ridge fitted on {len(train)} training songs (strength {lam:g}), mixed at "
-                  f"{house:.2f} LUFS", flush=True)
+            say(f"{where}: descriptor-ridge fitted on {len(train)} training songs (strength {lam:g}), mixed at "
+                f"{house:.2f} LUFS")
             results = E.evaluate_setting(console, target_lufs, testset, p, desc="scoring descriptor-ridge",
                                          output_lufs=house)
         elif name == "true-setting":
@@ -650,8 +650,8 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
                                   "score": getattr(info, "score", None), "restarts": getattr(info, "restarts", None)}
             steps = max((i["steps"] for i in fit_info.values()), default=0)
             converged = sum(i["stopped_by"] == "converged" for i in fit_info.values())
-            print(f"{where}: oracle fitted on {len(fits)} songs, at most {steps} steps, {converged}/{len(fits)} "
-                  "converged", flush=True)
+            say(f"{where}: oracle fitted on {len(fits)} songs, at most {steps} steps, {converged}/{len(fits)} "
+                "converged")
             results = E.evaluate_setting(console, target_lufs, testset, {s: p for s, (p, _) in fits.items()},
                                          desc="scoring oracle")
         rows = result_rows(dict(meta, variant=name), NONE, seed, results)
@@ -667,7 +667,7 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
                                 train_seconds=round(seconds, 3), steps=steps, eval_seconds="",
                                 checkpoint=str(cache.relative_to(plan.out))))
         mean = next(r["value"] for r in rows if r["song"] == "mean" and r["metric"] == "mrstft")
-        print(f"{where}: {name} mrstft {mean:.4f} ({seconds:.0f} s)", flush=True)
+        say(f"{where}: {name} mrstft {mean:.4f} ({seconds:.0f} s)")
     for song in [s for s in report["songs"] if s in testset.names]:  # the unprocessed inputs for the report
         raw, target = testset.audio(song)
         for role, x in (("raw", raw), ("target", target)):
@@ -714,7 +714,7 @@ def execute(plan: Plan, force: bool = False, jobs: int = 1) -> dict:
     def one(i):
         u = units[i]
         if not force and unit_done(u):
-            print(f"[{i + 1}/{n}] {u.label}: up to date, reusing {u.run_dir / 'eval.json'}", flush=True)
+            say(f"[{i + 1}/{n}] {u.label}: up to date, reusing {u.run_dir / 'eval.json'}")
             return json.loads((u.run_dir / "eval.json").read_text())
         return run_unit(u, i + 1, n, code)
 
