@@ -9,7 +9,10 @@ the variant). Prints the share of the mean-preset -> oracle gap closed per fold 
 songs. From the repository root (e09 README, "Held-out check"):
 
     mst-single demo-data data/demo-per-song-s1 --style per-song --songs 48 --seconds 15 --seed 1
-    OMP_NUM_THREADS=1 python scripts/ridge_heldout.py --data demo-per-song=data/demo-per-song-s1
+    OMP_NUM_THREADS=1 python scripts/ridge_heldout.py --data demo-per-song=data/demo-per-song-s1 --variant ridge-start-60
+
+``--fold K``, ``--steps N`` and ``--lr X`` score one fold with another refinement: how e09's
+`ridge-start-60` got its 60 steps (e09 README, "How the refinement settings were chosen").
 """
 from __future__ import annotations
 
@@ -57,18 +60,24 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="cpu")
     ap.add_argument("--data", required=True, help="NAME=DIR: the new data under the experiment's data name")
     ap.add_argument("--folds", type=int, default=None)
+    ap.add_argument("--fold", type=int, default=None, help="score this fold only")
+    ap.add_argument("--steps", type=int, default=None, help="refinement steps instead of the variant's")
+    ap.add_argument("--lr", type=float, default=None, help="refinement learning rate instead of the variant's")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default="/tmp/ridge-heldout", help="baselines and splits (runs/_data) go here")
     a = ap.parse_args(argv)
     plan = R.make_plan(argparse.Namespace(
         experiment=a.experiment, budget=a.budget, data=[a.data], seeds=None, folds=a.folds, out=a.out, force=False,
-        jobs=1, variant=a.variant, seed=None, fold=None, data_name=None, export_sweep=False, check=False,
+        jobs=1, variant=a.variant, seed=None, fold=a.fold, data_name=None, export_sweep=False, check=False,
         cached_fits=False))
     unit = plan.units[0]
     refine, model = unit.spec.get("refine") or {}, unit.config.get("model") or {}
     if refine.get("start") != "ridge" or not model.get("style_ridge"):
         raise MstError(f"variant {a.variant!r} is not refined from a style ridge", Path(a.experiment) / "config.yaml",
                        "pick a variant with `refine: {start: ridge}` and model.style_ridge: true (e09: ridge-start)")
+    refine = dict(refine, **{k: v for k, v in (("steps", a.steps), ("lr", a.lr)) if v is not None})
+    if refine["steps"] < 1 or refine.get("lr", 1.0) <= 0:
+        raise MstError(f"--steps must be >= 1 and --lr > 0, got {a.steps} and {a.lr}", fix="e.g. --steps 60 --lr 0.05")
     R.prepare_data(plan)
     seeds = [int(s) for s in a.seeds.split(",")]
     scores, base, t0 = {s: {} for s in seeds}, {}, time.time()
@@ -87,7 +96,7 @@ def main(argv=None) -> int:
             scores[seed].update(got)
             print(f"fold {fold} seed {seed}: {_line(got, base)} ({time.time() - t0:.0f} s)", flush=True)
     for seed in seeds:
-        print(f"all folds, seed {seed}: {_line(scores[seed], base)}")
+        print(f"{'all folds' if a.fold is None else f'fold {a.fold} only'}, seed {seed}: {_line(scores[seed], base)}")
     return 0
 
 
