@@ -364,7 +364,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                        fix="e.g. --refine-start ridge")
     if refine_start == "ridge" and not refine_steps:
         raise MstError("--refine-start ridge starts the refinement, and --refine-steps is 0 (no refinement)",
-                       fix="add --refine-steps 30, or drop --refine-start")
+                       fix="add --refine-steps 60 (e09 ridge-start-60), or drop --refine-start")
     if refine_start == "ridge" and not getattr(model, "style_ridge", False):
         raise MstError("--refine-start ridge needs a checkpoint trained with model.style_ridge: true, and this one "
                        "has no style ridge", ckpt, "use --refine-start network, or train with model.style_ridge: true")
@@ -544,7 +544,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK, help="samples per streaming block")
     parser.add_argument("--refine-steps", type=int, default=0,
                         help="approach1: refine the predicted setting on the reference's style for N optimiser "
-                             "steps (experiments/e09-refine; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off)")
+                             "steps (experiments/e09-refine: 30 from the network's setting, 60 from --refine-start "
+                             "ridge; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off)")
     parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
     parser.add_argument("--refine-crops", type=int, default=4, help="raw segments per refinement step (default 4)")
     parser.add_argument("--refine-start", choices=REFINE_STARTS, default="network",
