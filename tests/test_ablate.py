@@ -1026,11 +1026,13 @@ def test_ridge_heldout_scores_ridge_start_on_new_data_without_training(tiny, tmp
         script.main([*args[:2], "--variant", "approach2", *args[4:]])
 
     # one fold, another refinement (how e09's ridge-start-60 got its steps): the same ridge, refined 3 steps
-    assert script.main([*args[:8], "--seeds", "1", "--fold", "0", "--steps", "3", "--lr", "0.1", *args[10:]]) == 0
+    assert script.main([*args[:8], "--seeds", "1", "--fold", "1", "--steps", "3", "--lr", "0.1", *args[10:]]) == 0
     out = capsys.readouterr().out
-    assert [line.split(":")[0] for line in out.splitlines() if " seed " in line] == ["fold 0 seed 1",
-                                                                                    "fold 0 only, seed 1"]
-    got = script.ridge_start_settings(console, ts, -23.0, {"steps": 3, "lr": 0.1, "crops": 1}, 2, seed=1)
+    assert [line.split(":")[0] for line in out.splitlines() if " seed " in line] == ["fold 1 seed 1",
+                                                                                    "fold 1 only, seed 1"]
+    # fold 1 alone reuses the baselines the full run fitted (its report songs once came from fold 1 alone)
+    assert "baselines fold 1 (demo): up to date" in out
+    got = script.ridge_start_settings(console, ts, -23.0, {"steps": 3, "lr": 0.1, "crops": 1}, 2, seed=1)  # fold 0
     assert torch.allclose(got[name], S.refine_setting(console, raw, ref, start, steps=3, lr=0.1, crops=1, seed=1),
                           atol=1e-6)
     with pytest.raises(MstError, match="--steps must be >= 1"):

@@ -130,6 +130,9 @@ def make_plan(args) -> Plan:
             raise MstError(f"no data set {args.data_name!r} in this experiment", folder / C.CONFIG_NAME,
                            f"use one of {', '.join(data)}")
         data = {args.data_name: data[args.data_name]}
+    # the report's seed and songs come from every seed and fold even when --seed/--fold pick one: they key
+    # the baselines' cache, which a fold-1 plan (scripts/ridge_heldout.py --fold 1) would otherwise refit
+    report_seed = seeds[0]
     if args.seed is not None:
         seeds = [args.seed]
     used = [d for d in data if any(d in C.variant_data(exp, v, list(data)) for v in variants)]
@@ -143,10 +146,10 @@ def make_plan(args) -> Plan:
     C.check_comparable(configs, folder)
     settings = C.data_settings(configs[variants[0]]["data"])
 
-    splits, split_files = {}, {}
+    splits, split_files, all_splits = {}, {}, {}
     for d in used:
         names = F.song_names(data[d]["folder"], settings["allow_unmatched"])
-        splits[d] = F.splits(names, dict(settings, root=str(data[d]["folder"])), k)
+        splits[d] = all_splits[d] = F.splits(names, dict(settings, root=str(data[d]["folder"])), k)
         if args.fold is not None:
             if args.fold not in splits[d]:
                 raise MstError(f"fold {args.fold} has no test songs in data set {d!r}", data[d]["folder"],
@@ -159,9 +162,9 @@ def make_plan(args) -> Plan:
     ev = exp.get("eval") or {}
     report_songs = {}
     for d in used:
-        tested = [n for f in sorted(splits[d]) for n in splits[d][f]["test"]]
+        tested = [n for f in sorted(all_splits[d]) for n in all_splits[d][f]["test"]]
         report_songs[d] = tested[: int(ev.get("report_songs", 3))]
-    report = dict(seed=seeds[0], songs=report_songs, seconds=float(ev.get("report_seconds", 8.0)),
+    report = dict(seed=report_seed, songs=report_songs, seconds=float(ev.get("report_seconds", 8.0)),
                   format=ev.get("audio_format", "flac"), audio_dir=str(out / "audio"))
     plan = Plan(exp, budget, seeds, k, data, out, runs_dir, splits, split_files, [], report,
                 unit_mode=bool(args.variant) or args.seed is not None or args.fold is not None or bool(args.data_name))
