@@ -19,8 +19,6 @@ import time
 
 EVERY_SECONDS = 30.0
 
-
-
 _SAY_LOCK = threading.Lock()
 
 
@@ -31,6 +29,7 @@ def say(text: str, file=None) -> None:
     with _SAY_LOCK:
         stream.write(f"{text}\n")
         stream.flush()
+
 
 def on_terminal(stream=None) -> bool:
     """Whether ``stream`` (default ``sys.stderr``, where tqdm writes) is an interactive terminal."""

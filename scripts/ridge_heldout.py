@@ -12,7 +12,7 @@ songs. From the repository root (e09 README, "Held-out check"):
     OMP_NUM_THREADS=1 python scripts/ridge_heldout.py --data demo-per-song=data/demo-per-song-s1 --variant ridge-start-60
 
 ``--fold K``, ``--steps N`` and ``--lr X`` score one fold with another refinement: how e09's
-`ridge-start-60` got its 60 steps (e09 README, "How the refinement settings were chosen").
+`ridge-start-60` got its 60 steps (e09 README, "How `ridge-start-60`'s steps were chosen").
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def ridge_start_settings(console, testset, target_lufs: float, refine: dict, ren
 def main(argv=None) -> int:
     from mst_single.console import VocalConsole
     from mst_single.errors import MstError
+    from mst_single.experiments import config as C
     from mst_single.experiments import evaluate as E
     from mst_single.experiments import runner as R
 
@@ -75,9 +76,8 @@ def main(argv=None) -> int:
     if refine.get("start") != "ridge" or not model.get("style_ridge"):
         raise MstError(f"variant {a.variant!r} is not refined from a style ridge", Path(a.experiment) / "config.yaml",
                        "pick a variant with `refine: {start: ridge}` and model.style_ridge: true (e09: ridge-start)")
-    refine = dict(refine, **{k: v for k, v in (("steps", a.steps), ("lr", a.lr)) if v is not None})
-    if refine["steps"] < 1 or refine.get("lr", 1.0) <= 0:
-        raise MstError(f"--steps must be >= 1 and --lr > 0, got {a.steps} and {a.lr}", fix="e.g. --steps 60 --lr 0.05")
+    refine = C.refine_settings(dict(refine, **{k: v for k, v in (("steps", a.steps), ("lr", a.lr)) if v is not None}),
+                               "--steps/--lr", Path(a.experiment) / "config.yaml")  # the experiment's own checks
     R.prepare_data(plan)
     seeds = [int(s) for s in a.seeds.split(",")]
     scores, base, t0 = {s: {} for s in seeds}, {}, time.time()

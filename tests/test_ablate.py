@@ -1035,5 +1035,5 @@ def test_ridge_heldout_scores_ridge_start_on_new_data_without_training(tiny, tmp
     got = script.ridge_start_settings(console, ts, -23.0, {"steps": 3, "lr": 0.1, "crops": 1}, 2, seed=1)  # fold 0
     assert torch.allclose(got[name], S.refine_setting(console, raw, ref, start, steps=3, lr=0.1, crops=1, seed=1),
                           atol=1e-6)
-    with pytest.raises(MstError, match="--steps must be >= 1"):
+    with pytest.raises(MstError, match="needs steps >= 1"):
         script.main([*args, "--steps", "0"])
