@@ -70,10 +70,7 @@ def run(args) -> int:
         print(f"wrote {path}")
         return 0
     plan = runner.make_plan(args)
-    tested = sum(len(s["test"]) for v in plan.splits.values() for s in v.values())
-    print(f"{plan.exp['name']}: {len(plan.units)} runs (variants {', '.join(dict.fromkeys(u.variant for u in plan.units))}"
-          f" × data {', '.join(plan.splits)} × " + (f"{plan.folds} folds" if plan.folds else "the hash split")
-          + f" × seeds {plan.seeds}), budget {plan.budget}, {tested} test songs; results {plan.out}", flush=True)
+    print(plan_summary(plan), flush=True)
     done = runner.execute(plan, force=args.force, jobs=args.jobs)
     if plan.unit_mode:
         print("unit mode (--variant/--seed/--fold/--data-name): run folders written; no baselines or tables "
@@ -92,6 +89,22 @@ def run(args) -> int:
     print(f"\nwrote {plan.out}: results.csv, predictions.csv, runs.csv, results.md, report.html, plots/, provenance.json "
           f"({(time.time() - t_start) / 60:.1f} min)")
     return 0
+
+
+def plan_summary(plan) -> str:
+    """The line `ablate` starts with: what runs, on which songs, where the results go. A plan restricted
+    with --fold names its folds out of the experiment's (``plan.splits`` holds only those)."""
+    tested = sum(len(s["test"]) for v in plan.splits.values() for s in v.values())
+    folds = sorted({f for v in plan.splits.values() for f in v})
+    if not plan.folds:
+        split = "the hash split"
+    elif len(folds) < plan.folds:
+        split = f"fold {', '.join(map(str, folds))} of {plan.folds}"
+    else:
+        split = f"{plan.folds} folds"
+    return (f"{plan.exp['name']}: {len(plan.units)} runs (variants {', '.join(dict.fromkeys(u.variant for u in plan.units))}"
+            f" × data {', '.join(plan.splits)} × {split} × seeds {plan.seeds}), budget {plan.budget}, "
+            f"{tested} test songs; results {plan.out}")
 
 
 # ----------------------------------------------------------------------------------------------- check

@@ -945,6 +945,13 @@ def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
     # the agent's ${args} become --variant=V --seed=S --fold=F, which the CLI accepts as one unit
     plan = runner.make_plan(parse([folder, "--budget", "test", "--variant=approach2", "--seed=1", "--fold=1"]))
     assert plan.unit_mode and [(u.variant, u.fold, u.seed) for u in plan.units] == [("approach2", 1, 1)]
+    # the first line says which of the experiment's folds run, and counts only their test songs
+    one = ablate.plan_summary(plan)
+    assert " × fold 1 of 2 × seeds [1])" in one and "1 runs" in one
+    full = ablate.plan_summary(runner.make_plan(parse([folder, "--budget", "test", "--seeds", "2"])))
+    assert " × 2 folds × seeds [0, 1])" in full and "8 runs" in full
+    n_test = lambda line: int(line.split(" test songs")[0].rsplit(" ", 1)[1])  # noqa: E731
+    assert 0 < n_test(one) < n_test(full)
 
 
 def test_a_worker_refuses_to_train_when_the_package_changed_since_ablate_started(tmp_path, monkeypatch, capsys):
