@@ -8,8 +8,10 @@ in for Google Drive (runs survive there) and a "local" one for the runtime's dis
   epoch and then "disconnects" (the kernel is shut down after the training cells); the second session
   runs all cells on a fresh local disk with two epochs: both runs resume from last.ckpt, then the
   curves, the comparison table, the players, spectrograms and mixes appear, and the files behind them.
-- `test_approach2_plain_recipe_trains_without_targets_and_an_unknown_recipe_is_refused`: the other value of
-  `APPROACH2_RECIPE` trains configs/approach2.yaml with no targets, and a misspelt one is refused.
+- `test_plain_recipes_train_without_targets_or_ridge_and_unknown_or_switched_recipes_are_refused`: the other
+  value of `APPROACH2_RECIPE` trains configs/approach2.yaml with no targets, that of `APPROACH1_RECIPE`
+  configs/approach1.yaml with no style ridge; a misspelt recipe is refused, and so is the other recipe on a
+  run trained with one (resuming would mix the two).
 - `test_install_cell_keeps_the_runtime_torch`: a fresh "hosted runtime" (a virtual environment holding
   only a torch build and ipykernel) runs the whole notebook, whose install cell installs vocal-mst into
   it; torch must be the runtime's own afterwards. Run for the ends of setup.py's torch range that are on
@@ -156,6 +158,9 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     cfg = yaml.safe_load((runs / A2 / "config.yaml").read_text())
     assert cfg["model"]["descriptor_init"] == "ridge" and cfg["data"]["param_targets"].endswith("quickstart-targets.json")
     assert "SKIPPED: W&B online" in outputs_text(cell_with(nb2, "if WANDB_ONLINE:"))
+    # approach1's default recipe: fit with the style ridge (fitted in session 1, kept on resume)
+    assert "--model.style_ridge true" in outputs_text(cell_with(nb2, "RUN_A1 = fit("))
+    assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is True
     assert len(list((tmp_path / "local2" / "raw").iterdir())) == 8  # copied to the "local disk"
 
     # curves inline, and the comparison table of the two runs
@@ -183,23 +188,45 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
         out = next((runs / "quickstart-mixes").glob(f"*.{approach}.wav"))
         params = json.loads(Path(f"{out}.params.json").read_text())
         assert params["approach"] == approach and "best-" in params["checkpoint"]
+        # approach1 mixes as its recipe says: the style ridge's setting, refined 60 steps on the reference
+        refine = params["refine"]
+        assert (refine is None) if approach == "approach2" else (refine["steps"] == 60 and refine["start"] == "ridge")
         sheet = Path(f"{out}.mixsheet.md").read_text()
         assert sheet in outputs_text(new)
     assert outputs_text(new).count("# Mix sheet:") == 2
 
 
-def test_approach2_plain_recipe_trains_without_targets_and_an_unknown_recipe_is_refused(tmp_path):
+def test_plain_recipes_train_without_targets_or_ridge_and_unknown_or_switched_recipes_are_refused(tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     runs = tmp_path / "drive" / "runs"
-    nb = with_parameters(tiny_parameters(tmp_path, "local", MAX_EPOCHS=1, APPROACH2_RECIPE="plain"))
+    nb = with_parameters(tiny_parameters(tmp_path, "local", MAX_EPOCHS=1, APPROACH2_RECIPE="plain",
+                                         APPROACH1_RECIPE="plain"))
     c = client(nb)
     with c.setup_kernel():
         for i, cell in enumerate(nb.cells):
             c.execute_cell(cell, i)
             if "RUN_A2 = fit(" in cell.source:
+                a2_cell, a2_i = cell, i
+                text = outputs_text(cell)
+            if "RUN_A1 = fit(" in cell.source:
                 break
-        text = outputs_text(cell)
+        a1_text = outputs_text(cell)
+        assert "$ mst-single fit -c configs/approach1.yaml" in a1_text and "style_ridge" not in a1_text
+        assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is False
+        # the other recipe on the same run would resume a plain run with the style ridge: refused, naming the fix
+        for name, value in (("APPROACH1_RECIPE", "ridge-start-60"), ("APPROACH1_RECIPE", "ridge")):
+            nb.cells.append(nbformat.v4.new_code_cell(f"{name} = {value!r}"))
+            c.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+            with pytest.raises(CellExecutionError) as err:
+                c.execute_cell(cell, i)
+            if value == "ridge":
+                assert "APPROACH1_RECIPE = 'ridge': choose 'ridge-start-60' or 'plain'" in str(err.value)
+            else:
+                assert f"{runs / A1}: trained with model.style_ridge = False" in str(err.value)
+                assert "set RUN_PREFIX to a new name" in str(err.value)
+        assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is False
+        cell, i = a2_cell, a2_i
         assert "$ mst-single fit -c configs/approach2.yaml" in text and "$ mst-single targets" not in text
         assert not (runs / "quickstart-targets.json").exists() and not list(runs.glob(".cache/oracle/*.json"))
         cfg = yaml.safe_load((runs / A2 / "config.yaml").read_text())
@@ -211,7 +238,13 @@ def test_approach2_plain_recipe_trains_without_targets_and_an_unknown_recipe_is_
         c.execute_cell(nb.cells[-1], len(nb.cells) - 1)
         with pytest.raises(CellExecutionError) as err:
             c.execute_cell(cell, i)
-    assert "APPROACH2_RECIPE = 'ridge': choose 'ridge-init-slow' or 'plain'" in str(err.value)
+        assert "APPROACH2_RECIPE = 'ridge': choose 'ridge-init-slow' or 'plain'" in str(err.value)
+        # and the other recipe on the plain run stops before fitting any targets
+        nb.cells.append(nbformat.v4.new_code_cell("APPROACH2_RECIPE = 'ridge-init-slow'"))
+        c.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+        with pytest.raises(CellExecutionError) as err:
+            c.execute_cell(cell, i)
+        assert f"{runs / A2}: trained with model.take_descriptors = False" in str(err.value)
     assert not (runs / "quickstart-targets.json").exists()
 
 
