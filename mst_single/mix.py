@@ -43,6 +43,16 @@ DEFAULT_BLOCK = 1 << 19  # samples per streaming block (10.9 s at 48 kHz, ~20 MB
 _CKPT_FIX = "pass a .ckpt written by `mst-single fit` (runs/NAME/checkpoints/last.ckpt or best-*.ckpt)"
 _MODEL_CACHE: dict = {}
 
+# How `mix` tells whether a reference is a mix of the raw it refines on (``reference_alignment``): the
+# GCC-PHAT peak over the next candidate, as check-data aligns pairs, at a rate and over a stretch that
+# keep it to a fraction of a second. check-data's 1.5 only confirms a pair known to match; to tell a
+# mix of this vocal from another song's, 5: on the 96 demo songs (both styles) each song's own mix
+# scored 6.3-28, 480 raw/other-song pairs at most 4.1 (synthetic voices alike in timbre; real songs
+# differ more). Refinement copies the reference's sound; from another vocal's mix that is the wrong
+# target even when the producer's style is shared (experiments/e13-shared-style).
+ALIGN_RATE = 16000
+ALIGN_SECONDS = 60.0
+SAME_VOCAL_SCORE = 5.0
 REFINE_STARTS = ("network", "ridge")  # --refine-start, refine: {start}: the network's setting or the style ridge's
 
 
@@ -106,6 +116,17 @@ def check_reference(model, ckpt, reference) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # streaming reads
+
+def reference_alignment(raw_info, ref_info) -> dict:
+    """Is the reference a mix of this raw vocal? {"lag_s": the reference's offset (s, positive = late),
+    "score": GCC-PHAT peak over the next candidate (``audio.file_lag``), "same_vocal": score >= the
+    ``SAME_VOCAL_SCORE``}; from at most the first ``ALIGN_SECONDS`` of singing, at ``ALIGN_RATE``."""
+    from mst_single.audio import file_lag
+
+    lag, score = file_lag(raw_info, ref_info, ALIGN_RATE, max_lag_seconds=0.5, window_seconds=ALIGN_SECONDS)
+    score = float(score) if math.isfinite(score) else 1e6
+    return {"lag_s": lag / ALIGN_RATE, "score": round(score, 3), "same_vocal": bool(score >= SAME_VOCAL_SCORE)}
+
 
 def _blocks(path, info, block: int):
     """Yield (start, (channels, n) float32) blocks of a whole file, read-only; DataError for NaN/Inf."""
@@ -378,6 +399,13 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             raise MstError("the output would overwrite an input file", out_path, "choose another -o path")
     json_path = out_path.with_name(out_path.name + ".params.json")
     md_path = out_path.with_name(out_path.name + ".mixsheet.md")
+    alignment = reference_alignment(info, rinfo) if refine_steps and rinfo is not None else None
+    if alignment and not alignment["same_vocal"]:
+        print(f"warning: {reference}: not a mix of {raw_path.name} as far as alignment tells (score "
+              f"{alignment['score']:.2f} < {SAME_VOCAL_SCORE:g}): --refine-steps makes the mix sound like the reference's vocal, "
+              "not like its processing; with another song's mix this was far worse than one preset for every song "
+              "(experiments/e13-shared-style). Use --refine-steps with a mix of this vocal (e.g. your rough mix); "
+              "with another song's mix, drop it", file=sys.stderr)
     block_size = max(int(block_size), 1024)
 
     sr_in, frames = info.sample_rate, info.frames
@@ -506,7 +534,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 # what the model read of the whole take (model.take_descriptors), null when it reads none
                 "take_descriptors": (dict(zip(DESCRIPTOR_NAMES, ana["descriptors"].tolist())) if take else None),
                 "refine": ({"steps": int(refine_steps), "lr": float(refine_lr), "crops": int(refine_crops),
-                            "start": refine_start,
+                            "start": refine_start, "reference_alignment": alignment,
                             "network_params_normalized": dict(zip(model.console.param_names, p_network[0].tolist()))}
                            if refine_steps else None),
                 "segments": {

@@ -21,7 +21,7 @@ SR = 16000
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """approach -> last.ckpt of a one-epoch fit of the real config on tiny demo data (approach1-ridge:
-    approach1 with model.style_ridge)."""
+    approach1 with model.style_ridge; "data": the demo data folder)."""
     from mst_single.demo import make_demo_data
     from mst_single.train import cli_main
 
@@ -39,6 +39,7 @@ def ckpts(tmp_path_factory):
                        "--runs_dir", str(tmp / "runs"), "--run_name", approach, *extra])
         assert rc == 0
         out[approach] = tmp / "runs" / approach / "checkpoints" / "last.ckpt"
+    out["data"] = root  # the demo pairs they trained on
     return out
 
 
@@ -128,6 +129,33 @@ def test_mix_refine_steps_refines_approach1_on_the_reference_and_says_so(ckpts, 
     err = capsys.readouterr().err
     assert rc == 2 and "--refine-steps needs a reference mix" in err and str(ckpts["approach2"]) in err
     assert not (tmp_path / "a2.wav").exists()
+
+
+def test_mix_refine_says_when_the_reference_is_not_a_mix_of_this_vocal(ckpts, tmp_path, capsys):
+    """Refinement copies the reference's sound, so another song's mix is the wrong target for it
+    (experiments/e13-shared-style). `mix --refine-steps` aligns the reference with the raw as check-data
+    does: a mix of this vocal aligns (a clear GCC-PHAT peak), another song's does not; the latter gets a
+    warning naming the file and what to do, and params.json records both."""
+    from mst_single.mix import SAME_VOCAL_SCORE
+
+    raw, mixed = ckpts["data"] / "raw", ckpts["data"] / "mixed"
+    song, other = sorted(p.name for p in raw.iterdir())[:2]
+    got = {}
+    for name, ref in (("own", mixed / song), ("other", mixed / other)):
+        out = tmp_path / f"{name}.wav"
+        assert cli.main(["mix", str(raw / song), "-o", str(out), "--ckpt", str(ckpts["approach1"]), "--reference",
+                         str(ref), "--refine-steps", "1", "--quiet"]) == 0
+        got[name] = (json.loads(Path(f"{out}.params.json").read_text())["refine"]["reference_alignment"],
+                     capsys.readouterr().err)
+    (own, own_err), (oth, oth_err) = got["own"], got["other"]
+    assert own["same_vocal"] and own["score"] >= SAME_VOCAL_SCORE and abs(own["lag_s"]) < 0.1
+    assert "warning" not in own_err
+    assert not oth["same_vocal"] and oth["score"] < SAME_VOCAL_SCORE
+    assert f"warning: {mixed / other}: not a mix of {song}" in oth_err and "drop it" in oth_err
+    # without refinement the reference is only read by the network: nothing to check, nothing said
+    assert cli.main(["mix", str(raw / song), "-o", str(tmp_path / "plain.wav"), "--ckpt", str(ckpts["approach1"]),
+                     "--reference", str(mixed / other), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
