@@ -115,7 +115,8 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     runs = tmp_path / "drive" / "runs"
 
     # session 1: one epoch each, then the runtime disconnects (the kernel goes, local disk too)
-    nb1 = with_parameters(tiny_parameters(tmp_path, "local1", MAX_EPOCHS=1))
+    # approach1 with its non-default recipe, so that its mixes are covered (the plain one: the next test)
+    nb1 = with_parameters(tiny_parameters(tmp_path, "local1", MAX_EPOCHS=1, APPROACH1_RECIPE="ridge-start-60"))
     c1 = client(nb1)
     with c1.setup_kernel():
         for i, cell in enumerate(nb1.cells):
@@ -134,7 +135,7 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     shutil.rmtree(tmp_path / "local1")
 
     # session 2: "Run all" again on a fresh local disk, two epochs: the same cells resume
-    nb2 = with_parameters(tiny_parameters(tmp_path, "local2"))
+    nb2 = with_parameters(tiny_parameters(tmp_path, "local2", APPROACH1_RECIPE="ridge-start-60"))
     client(nb2).execute()
     errors = [o for c in nb2.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == []
@@ -158,7 +159,7 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     cfg = yaml.safe_load((runs / A2 / "config.yaml").read_text())
     assert cfg["model"]["descriptor_init"] == "ridge" and cfg["data"]["param_targets"].endswith("quickstart-targets.json")
     assert "SKIPPED: W&B online" in outputs_text(cell_with(nb2, "if WANDB_ONLINE:"))
-    # approach1's default recipe: fit with the style ridge (fitted in session 1, kept on resume)
+    # approach1's ridge-start-60 recipe: fit with the style ridge (fitted in session 1, kept on resume)
     assert "--model.style_ridge true" in outputs_text(cell_with(nb2, "RUN_A1 = fit("))
     assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is True
     assert len(list((tmp_path / "local2" / "raw").iterdir())) == 8  # copied to the "local disk"
@@ -181,6 +182,8 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in listen.outputs) == 1
     mixed = sorted(p.name for p in (runs / "quickstart-listen").glob("*.wav"))
     assert len(mixed) == 2 and {n.split(".")[1] for n in mixed} == {"approach1", "approach2"}
+    # REFERENCE is a training song's mix, not the test song's: the refinement's warning reaches the cell
+    assert re.search(r"warning: \S+mixed/\S+: not a mix of \S+ as far as alignment tells", outputs_text(listen))
 
     # the new raw vocal, mixed by each checkpoint: OUT, its parameters and the mix sheet shown
     new = cell_with(nb2, "MIX_DIR =")
