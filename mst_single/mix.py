@@ -573,7 +573,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-steps", type=int, default=0,
                         help="approach1: refine the predicted setting on the reference's style for N optimiser "
                              "steps (experiments/e09-refine: 30 from the network's setting, 60 from --refine-start "
-                             "ridge; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off)")
+                             "ridge; ~0.2 s a step on a CPU core at 44.1 kHz; default 0: off). It makes the mix "
+                             "sound like the reference: only with a mix of this vocal, not another song's (e13)")
     parser.add_argument("--refine-lr", type=float, default=0.05, help="refinement step size (Adam, on logits)")
     parser.add_argument("--refine-crops", type=int, default=4, help="raw segments per refinement step (default 4)")
     parser.add_argument("--refine-start", choices=REFINE_STARTS, default="network",
