@@ -47,7 +47,7 @@ _MODEL_CACHE: dict = {}
 # GCC-PHAT peak over the next candidate, as check-data aligns pairs, at a rate and over a stretch that
 # keep it to a fraction of a second. check-data's 1.5 only confirms a pair known to match; to tell a
 # mix of this vocal from another song's, 5: on the 96 demo songs (both styles) each song's own mix
-# scored 6.3-28, 480 raw/other-song pairs at most 4.1 (synthetic voices alike in timbre; real songs
+# scored 6.3-44, 480 raw/other-song pairs at most 4.1 (synthetic voices alike in timbre; real songs
 # differ more). Refinement copies the reference's sound; from another vocal's mix that is the wrong
 # target even when the producer's style is shared (experiments/e13-shared-style).
 ALIGN_RATE = 16000
@@ -114,19 +114,19 @@ def check_reference(model, ckpt, reference) -> None:
                        "drop --reference, or use an approach1 (reference-based) checkpoint")
 
 
-# ----------------------------------------------------------------------------------------------
-# streaming reads
-
 def reference_alignment(raw_info, ref_info) -> dict:
     """Is the reference a mix of this raw vocal? {"lag_s": the reference's offset (s, positive = late),
     "score": GCC-PHAT peak over the next candidate (``audio.file_lag``), "same_vocal": score >= the
     ``SAME_VOCAL_SCORE``}; from at most the first ``ALIGN_SECONDS`` of singing, at ``ALIGN_RATE``."""
     from mst_single.audio import file_lag
 
-    lag, score = file_lag(raw_info, ref_info, ALIGN_RATE, max_lag_seconds=0.5, window_seconds=ALIGN_SECONDS)
+    lag, score = file_lag(raw_info, ref_info, ALIGN_RATE, window_seconds=ALIGN_SECONDS)  # check-data's max lag
     score = float(score) if math.isfinite(score) else 1e6
     return {"lag_s": lag / ALIGN_RATE, "score": round(score, 3), "same_vocal": bool(score >= SAME_VOCAL_SCORE)}
 
+
+# ----------------------------------------------------------------------------------------------
+# streaming reads
 
 def _blocks(path, info, block: int):
     """Yield (start, (channels, n) float32) blocks of a whole file, read-only; DataError for NaN/Inf."""

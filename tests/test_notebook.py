@@ -218,8 +218,8 @@ def test_plain_recipes_train_without_targets_or_ridge_and_unknown_or_switched_re
         assert "$ mst-single fit -c configs/approach1.yaml" in a1_text and "style_ridge" not in a1_text
         assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is False
         # the other recipe on the same run would resume a plain run with the style ridge: refused, naming the fix
-        for name, value in (("APPROACH1_RECIPE", "ridge-start-60"), ("APPROACH1_RECIPE", "ridge")):
-            nb.cells.append(nbformat.v4.new_code_cell(f"{name} = {value!r}"))
+        for value in ("ridge-start-60", "ridge"):
+            nb.cells.append(nbformat.v4.new_code_cell(f"APPROACH1_RECIPE = {value!r}"))
             c.execute_cell(nb.cells[-1], len(nb.cells) - 1)
             with pytest.raises(CellExecutionError) as err:
                 c.execute_cell(cell, i)
