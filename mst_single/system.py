@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -114,10 +114,10 @@ class VocalMST(pl.LightningModule):
         approach: Literal["approach1", "approach2"] = "approach2",
         sample_rate: int = 48000,
         stages: dict[str, bool] | None = None,
-        encoder: dict | None = None,
+        encoder: dict[str, Any] | None = None,  # Any: CLI values parsed as YAML ('false' -> False)
         hidden: int = 256,
         dropout: float = 0.1,
-        loss: dict | None = None,
+        loss: dict[str, Any] | None = None,
         target_lufs: float = -23.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,

@@ -444,3 +444,17 @@ def test_param_warmup_trains_on_the_parameter_loss_alone_then_adds_the_audio_los
     monkeypatch.setattr(VocalMST, "global_step", property(lambda self: 5))
     out = m._step(batch, "train")
     assert "mrstft" in out and torch.allclose(out["loss"], out["mrstft"] + out["l1"] + out["param"], atol=1e-6)
+
+
+def test_nested_model_dicts_from_the_command_line_are_typed_values(tmp_path, capsys):
+    # `--model.encoder.feature_norm false` was kept as the string 'false' (truthy): the option was ignored
+    assert cli_main(["fit", "-c", str(CONFIGS / "approach2.yaml"), "--model.encoder.feature_norm", "false",
+                     "--model.loss.l1_weight", "0", "--model.loss.fft_sizes", "[512, 128]",
+                     "--model.encoder", '{"n_mels": 32}', "--model.encoder.embed_dim", "16",
+                     "--print_config"]) == 0
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["encoder"] == {"n_mels": 32, "embed_dim": 16}  # a whole dict replaces, later keys add
+    assert model["loss"]["l1_weight"] == 0 and model["loss"]["fft_sizes"] == [512, 128]
+    assert cli_main(["fit", "-c", str(CONFIGS / "approach2.yaml"), "--model.encoder.feature_norm", "false",
+                     "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["encoder"]["feature_norm"] is False
