@@ -7,7 +7,8 @@ A PATH is
   when present, else the last value of each ``val/<metric>`` / ``test/<metric>`` of its ``metrics.csv``.
   Its variant is the folder name without a ``-s<SEED>`` (``-f<FOLD>-s<SEED>``) tail.
 
-``--wandb ENTITY/PROJECT --group G`` reads the runs of W&B group G online (summary values
+``--wandb ENTITY/PROJECT --group G`` reads the runs of W&B group G online (``ablate`` logs to
+``EXPERIMENT/BUDGET``; a G without ``/`` also takes every ``G/BUDGET``, each budget its own table; summary values
 ``eval/[POLICY/]<metric>``, else ``test/*``/``val/*``); ``--wandb FOLDER`` reads the offline runs
 (``wandb/offline-run-*``) under a local folder the same way, without network or account.
 
@@ -193,14 +194,26 @@ def _log_records(data: bytes, path: Path):
             yield buf + chunk
 
 
+def group_matches(run_group: str | None, group: str) -> bool:
+    """``ablate`` logs to group ``EXPERIMENT/BUDGET``: ``--group EXPERIMENT`` takes all its budgets."""
+    return run_group == group or ("/" not in group and str(run_group or "").startswith(group + "/"))
+
+
+def group_filter(group: str) -> dict:
+    """The W&B API filter of :func:`group_matches` (server side: a project holds many experiments)."""
+    if "/" in group:
+        return {"group": group}
+    return {"group": {"$regex": f"^{re.escape(group)}(/[^/]+)?$"}}
+
+
 def online_runs(project: str, group: str) -> list[WandbRun]:
-    """The runs of W&B ``group`` in ``ENTITY/PROJECT`` (needs network and a login)."""
+    """The runs of W&B ``group`` (:func:`group_matches`) in ``ENTITY/PROJECT`` (needs network and a login)."""
     try:
         import wandb
     except ImportError as e:
         raise MstError("wandb is not installed", fix="pip install wandb") from e
     try:
-        runs = list(wandb.Api(timeout=30).runs(project, filters={"group": group}))
+        runs = list(wandb.Api(timeout=30).runs(project, filters=group_filter(group)))
     except Exception as e:  # wandb raises many types (CommError, ValueError, requests errors)
         raise MstError(f"cannot read W&B project {project!r} ({type(e).__name__}: {e})",
                        fix="check the network, `wandb login`, and ENTITY/PROJECT spelling; or read the offline "
@@ -219,7 +232,7 @@ def rows_from_wandb(runs: list[WandbRun], group: str | None = None) -> list[dict
     """
     rows, seen = [], set()
     for run in runs:
-        if group is not None and run.group != group or run.id in seen:
+        if group is not None and not group_matches(run.group, group) or run.id in seen:
             continue
         seen.add(run.id)
         cfg, tags = run.config, dict(t.split("-", 1) for t in run.tags if "-" in t)
@@ -248,7 +261,8 @@ def rows_from_wandb(runs: list[WandbRun], group: str | None = None) -> list[dict
         rows += [dict(base, eval_policy=p, metric=metric, value=float(v)) for (p, metric), v in sorted(picked.items())]
     if not rows:
         raise MstError(f"no W&B runs{f' of group {group!r}' if group else ''} with eval/, test/ or val/ summary values",
-                       fix="check --group (the experiment name) and that the runs finished")
+                       fix="check --group (EXPERIMENT or EXPERIMENT/BUDGET, e.g. e01-approach1-vs-approach2/cpu) "
+                           "and that the runs finished")
     return rows
 
 
@@ -361,7 +375,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", type=Path, help="also write mean/std per variant and metric as CSV")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT|FOLDER",
                         help="read W&B runs instead: online (ENTITY/PROJECT, with --group) or the offline runs under a folder")
-    parser.add_argument("--group", help="the W&B group (experiment name) with --wandb")
+    parser.add_argument("--group", help="the W&B group with --wandb: EXPERIMENT/BUDGET as `ablate` logs it "
+                        "(e.g. e01-approach1-vs-approach2/cpu), or EXPERIMENT for all its budgets")
     parser.add_argument("--check-same", type=float, metavar="REL_TOL",
                         help="with two results folders (committed, rerun): exit 1 unless the rerun gives the same "
                              "answer within REL_TOL (e.g. 0.02 = 2 %%), per-metric absolute tolerances and 2 "

@@ -2,6 +2,7 @@
 `--check-same` reproduction check, real run folders and W&B offline runs of tiny real fits."""
 import argparse
 import csv
+import re
 import shutil
 
 import pytest
@@ -213,7 +214,7 @@ def test_real_run_folders_and_their_wandb_offline_runs_give_the_same_table(real_
             pass
 
         def runs(self, project, filters):
-            assert project == "me/vocal-mst" and filters == {"group": "e01"}
+            assert project == "me/vocal-mst" and filters == {"group": {"$regex": r"^e01(/[^/]+)?$"}}
             return offline + offline[:1]  # a run listed twice (same id) counts once
 
     monkeypatch.setattr(wandb, "Api", Api)
@@ -236,6 +237,14 @@ def test_wandb_summary_keys_eval_policy_and_config(capsys):
     assert {r["budget"] for r in rows} == {"cpu"} and not any(r["metric"] == "flag" for r in rows)
     with pytest.raises(MstError, match="no W&B runs of group 'nope'"):
         compare.rows_from_wandb(runs, "nope")
+    # ablate logs to EXPERIMENT/BUDGET: the experiment name takes every budget, each its own table
+    logged = [compare.WandbRun(f"id{i}", "approach2-s0", g, [], {"budget": b}, {"eval/mrstft": float(i)})
+              for i, (g, b) in enumerate([("e01/cpu", "cpu"), ("e01/smoke", "smoke"), ("e011/cpu", "cpu")])]
+    assert [r["value"] for r in compare.rows_from_wandb(logged, "e01")] == [0.0, 1.0]
+    assert [r["value"] for r in compare.rows_from_wandb(logged, "e01/smoke")] == [1.0]
+    assert compare.group_filter("e01/cpu") == {"group": "e01/cpu"}
+    assert re.fullmatch(compare.group_filter("e01")["group"]["$regex"][1:-1], "e01/cpu")
+    assert not re.fullmatch(compare.group_filter("e01")["group"]["$regex"][1:-1], "e011/cpu")
 
 
 def test_wandb_without_login_or_network_is_a_clear_error(tmp_path, monkeypatch):
