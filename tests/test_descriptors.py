@@ -320,6 +320,17 @@ def test_targets_command_writes_the_prior_fits_that_the_recipe_config_trains_on(
     assert float(model.descriptor_ridge_strength) > 0  # the map was fitted, not left at zero
     assert model.controller.descriptor_head.weight.abs().max() > 0 and np.isfinite(model.output_lufs)
 
+    # Approach 1's recipe config trains on the plain fits (e13's `approach1`, e09's `network`)
+    cfg1 = REPO / "configs" / "approach1-oracle-targets.yaml"
+    assert cfg1.read_text().startswith("# mst-single targets DATA -o DATA-oracle.json --prior-weight 0 && ")
+    assert cli_main(["fit", "-c", str(cfg1), *tiny_fit_args(root, tmp_path / "runs"), "--run_name", "a1",
+                     "--data.param_targets", str(tmp_path / "plain.json")]) == 0
+    a1 = load_model(tmp_path / "runs" / "a1" / "checkpoints" / "last.ckpt")
+    assert a1.hparams.approach == "approach1" and a1.hparams.param_loss_weight == 1.0
+    capsys.readouterr()
+    assert cli_main(["fit", "-c", str(cfg1), *tiny_fit_args(root, tmp_path / "runs"), "--run_name", "a1-no-targets"]) == 2
+    assert "param_loss_weight" in capsys.readouterr().err  # without --data.param_targets: said, not ignored
+
     # too few songs for a median prior: the folder named, and the way out
     few = tmp_path / "few"
     for d in ("raw", "mixed"):

@@ -8,9 +8,9 @@ in for Google Drive (runs survive there) and a "local" one for the runtime's dis
   epoch and then "disconnects" (the kernel is shut down after the training cells); the second session
   runs all cells on a fresh local disk with two epochs: both runs resume from last.ckpt, then the
   curves, the comparison table, the players, spectrograms and mixes appear, and the files behind them.
-- `test_plain_recipes_train_without_targets_or_ridge_and_unknown_or_switched_recipes_are_refused`: the other
+- `test_plain_recipes_train_without_targets_or_ridge_and_unknown_or_switched_recipes_are_refused`: the "plain"
   value of `APPROACH2_RECIPE` trains configs/approach2.yaml with no targets, that of `APPROACH1_RECIPE`
-  configs/approach1.yaml with no style ridge; a misspelt recipe is refused, and so is the other recipe on a
+  configs/approach1.yaml with no targets and no style ridge; a misspelt recipe is refused, and so is the other recipe on a
   run trained with one (resuming would mix the two).
 - `test_install_cell_keeps_the_runtime_torch`: a fresh "hosted runtime" (a virtual environment holding
   only a torch build and ipykernel) runs the whole notebook, whose install cell installs vocal-mst into
@@ -115,7 +115,7 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     runs = tmp_path / "drive" / "runs"
 
     # session 1: one epoch each, then the runtime disconnects (the kernel goes, local disk too)
-    # approach1 with its non-default recipe, so that its mixes are covered (the plain one: the next test)
+    # approach1 with ridge-start-60: the default oracle-targets recipe plus the style ridge and refined mixes (plain: the next test)
     nb1 = with_parameters(tiny_parameters(tmp_path, "local1", MAX_EPOCHS=1, APPROACH1_RECIPE="ridge-start-60"))
     c1 = client(nb1)
     with c1.setup_kernel():
@@ -159,9 +159,17 @@ def test_quickstart_runs_and_resumes_after_a_disconnect(tmp_path):
     cfg = yaml.safe_load((runs / A2 / "config.yaml").read_text())
     assert cfg["model"]["descriptor_init"] == "ridge" and cfg["data"]["param_targets"].endswith("quickstart-targets.json")
     assert "SKIPPED: W&B online" in outputs_text(cell_with(nb2, "if WANDB_ONLINE:"))
-    # approach1's ridge-start-60 recipe: fit with the style ridge (fitted in session 1, kept on resume)
+    # approach1's ridge-start-60 recipe: fit with the style ridge (fitted in session 1, kept on resume),
+    # trained toward the plain oracle fits, which approach2's targets had cached (no fit of their own)
+    first_a1 = outputs_text(cell_with(nb1, "RUN_A1 = fit("))
+    assert "--prior-weight 0" in first_a1 and "restart 1:" not in first_a1
+    assert "-c configs/approach1-oracle-targets.yaml" in first_a1
     assert "--model.style_ridge true" in outputs_text(cell_with(nb2, "RUN_A1 = fit("))
-    assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is True
+    cfg1 = yaml.safe_load((runs / A1 / "config.yaml").read_text())
+    assert cfg1["model"]["style_ridge"] is True and cfg1["model"]["param_loss_weight"] == 1.0
+    assert cfg1["data"]["param_targets"].endswith("quickstart-oracle-targets.json")
+    plain_fits = json.loads((runs / "quickstart-oracle-targets.json").read_text())["params"]
+    assert set(plain_fits) == set(targets["params"]) and plain_fits != targets["params"]
     assert len(list((tmp_path / "local2" / "raw").iterdir())) == 8  # copied to the "local disk"
 
     # curves inline, and the comparison table of the two runs
@@ -218,15 +226,16 @@ def test_plain_recipes_train_without_targets_or_ridge_and_unknown_or_switched_re
         assert "$ mst-single fit -c configs/approach1.yaml" in a1_text and "style_ridge" not in a1_text
         assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is False
         # the other recipe on the same run would resume a plain run with the style ridge: refused, naming the fix
-        for value in ("ridge-start-60", "ridge"):
+        for value in ("ridge-start-60", "oracle-targets", "ridge"):
             nb.cells.append(nbformat.v4.new_code_cell(f"APPROACH1_RECIPE = {value!r}"))
             c.execute_cell(nb.cells[-1], len(nb.cells) - 1)
             with pytest.raises(CellExecutionError) as err:
                 c.execute_cell(cell, i)
             if value == "ridge":
-                assert "APPROACH1_RECIPE = 'ridge': choose 'ridge-start-60' or 'plain'" in str(err.value)
+                assert "APPROACH1_RECIPE = 'ridge': choose 'oracle-targets', 'ridge-start-60' or 'plain'" in str(err.value)
             else:
-                assert f"{runs / A1}: trained with model.style_ridge = False" in str(err.value)
+                key = "style_ridge = False" if value == "ridge-start-60" else "param_loss_weight = 0.0"
+                assert f"{runs / A1}: trained with model.{key}" in str(err.value)
                 assert "set RUN_PREFIX to a new name" in str(err.value)
         assert yaml.safe_load((runs / A1 / "config.yaml").read_text())["model"]["style_ridge"] is False
         cell, i = a2_cell, a2_i
