@@ -23,8 +23,8 @@ demo: $(VENV)/.installed
 	$(BIN)/mst-single check-data $(DATA)
 	$(BIN)/mst-single ablate experiments/e01-approach1-vs-approach2 --data $(DATA) --budget smoke
 
-# The demo data that needs a network (README "Demo data"): 48 songs x 15 s per style, ~2-3 s a song
-# on one core. adaptive: settings follow the take; per-song: settings independent of the take.
+# The demo data on which one preset is not enough (issue 10; README "Demo data"): 48 songs x 15 s per
+# style, a few seconds a song on one core. adaptive: settings follow the take; per-song: settings independent of the take.
 DEMO_SONGS ?= 48
 DEMO_SECONDS ?= 15
 demo-data: $(VENV)/.installed
