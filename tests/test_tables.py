@@ -125,3 +125,15 @@ def test_summarize_pools_folds_and_labels_eval_policies():
                          and x["song"] != "mean" and x["seed"] == s]) for s in (0, 1)]
     assert n == 2 and mean == pytest.approx(np.mean(per_seed)) and std == pytest.approx(np.std(per_seed, ddof=1))
     assert stats[("oracle", "mrstft")][2] == 1
+
+
+def test_one_test_song_gives_no_interval_and_no_star():
+    # a custom folder with one test song: a zero-width interval starred as significant read as certainty
+    from mst_single.experiments import stats as S
+    from mst_single.experiments.tables import paired_all_markdown, paired_markdown
+
+    one = S.paired({"s": 0.5}, {"s": 0.6}, "mrstft", ("approach2", "none"), ("mean-preset", "none"))
+    two = S.paired({"s": 0.5, "t": 0.4}, {"s": 0.6, "t": 0.6}, "mrstft", ("approach2", "none"), ("mean-preset", "none"))
+    assert one.n == 1 and "| 1 | -0.100 [n/a, n/a] |" in paired_markdown([one])
+    assert "-0.100 (1/0/0)" in paired_all_markdown([one]) and "*" not in paired_all_markdown([one])
+    assert two.ci[0] < two.ci[1] < 0 and "-0.150* (2/0/0)" in paired_all_markdown([two])

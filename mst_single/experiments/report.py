@@ -90,8 +90,8 @@ def paired_png(comparisons: list, metric: str, path: Path, tag: str = "") -> Pat
         y = len(rows) - 1 - i
         jitter = np.random.default_rng(i).uniform(-0.15, 0.15, p.n)
         ax.scatter(p.diffs, y + jitter, s=10, alpha=0.6, color="C0", zorder=2)
-        ax.errorbar([p.mean], [y], xerr=[[p.mean - p.ci[0]], [p.ci[1] - p.mean]], fmt="D", color="C3", ms=5,
-                    capsize=4, zorder=3)
+        err = [[p.mean - p.ci[0]], [p.ci[1] - p.mean]] if np.isfinite(p.ci).all() else None  # one song: no interval
+        ax.errorbar([p.mean], [y], xerr=err, fmt="D", color="C3", ms=5, capsize=4, zorder=3)
     ax.axvline(0, color="k", lw=0.8)
     if rows[0].tol > 0:
         ax.axvspan(-rows[0].tol, rows[0].tol, color="0.85", zorder=0, label=f"tie band ±{rows[0].tol:g}")

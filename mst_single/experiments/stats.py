@@ -149,10 +149,11 @@ def bootstrap_ci(diffs, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95
     """Percentile bootstrap interval of the mean of ``diffs`` (songs resampled with replacement).
 
     Vectorised: resamples are drawn as an index array in chunks of about 2 M entries (bounded memory
-    for thousands of songs). One song gives (d, d); none gives (NaN, NaN).
+    for thousands of songs). Fewer than two songs give (NaN, NaN), shown as n/a: one song's resamples are
+    all that song, and a zero-width interval would read as certainty.
     """
     d = np.asarray(diffs, dtype=np.float64)
-    if d.size == 0:
+    if d.size < 2:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // d.size)
