@@ -87,6 +87,16 @@ def read_param_targets(path: str | os.PathLike) -> tuple[list[str], dict[str, np
     return names, params
 
 
+def param_targets_fitted_at(path: str | os.PathLike) -> dict:
+    """The settings a targets file records it was fitted at (``mst-single targets`` writes
+    ``sample_rate``, ``target_lufs`` and ``prior_weight``; older files and ``ablate``'s hold none): {key: value}."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}  # read_param_targets has already said what is wrong with the file
+    return {k: d[k] for k in ("sample_rate", "target_lufs", "prior_weight") if isinstance(d, dict) and k in d}
+
+
 def split_songs(pairs: list, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
                 split_file: str | os.PathLike | None = None) -> dict[str, list]:
     """Song-level split of `pairs` (anything with `.name`: SongPair, SongInfo) into train/val/test.
@@ -194,16 +204,19 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
         self.silence_threshold_db = silence_threshold_db
 
         # per song: hop indices where a segment may start (non-silent), and the eval grid
-        self.songs, self.cands, grid, dropped = [], [], [], []
+        self.songs, self.cands, grid, dropped, self.too_short = [], [], [], [], []
         for s in songs:
             song_loudness(s)  # measured at analysis time; only hand-built SongInfos are measured here
             cands, g = self._positions(s)
             if len(cands) == 0:
-                dropped.append(s.name)
+                (self.too_short if s.length < self.segment else dropped).append(s.name)
                 continue
             self.songs.append(s)
             self.cands.append(cands)
             grid += [(len(self.songs) - 1, int(st)) for st in g]
+        if self.too_short:
+            warnings.warn(f"{split}: {len(self.too_short)} songs are shorter than one {segment_seconds:g} s segment "
+                          f"and are skipped: {', '.join(self.too_short)}", stacklevel=2)
         if dropped:
             warnings.warn(f"{split}: {len(dropped)} songs have no non-silent {segment_seconds:g} s segment "
                           f"(threshold {silence_threshold_db:g} dBFS) and are skipped: {', '.join(dropped)}",
@@ -378,13 +391,22 @@ class VocalDataModule(pl.LightningDataModule):
                                     "`mst-single ablate`), or unset data.param_targets")
         for split in SPLITS:
             if split not in self.datasets and self.splits[split]:
-                self.datasets[split] = VocalReferenceDataset(
+                ds = self.datasets[split] = VocalReferenceDataset(
                     split=split, sample_rate=h.sample_rate, segment_seconds=h.segment_seconds,
                     reference_policy=h.reference_policy if split == "train" else h.eval_reference_policy,
                     split_seed=h.split_seed, segments_per_epoch=h.train_segments_per_epoch,
                     silence_threshold_db=h.silence_threshold_db, songs=self.splits[split],
                     param_targets=self._targets if split in ("train", "val") else None,
                     descriptors=h.take_descriptors)
+                if split == "train" and not ds.songs:  # else the sampler fails deep inside the loader
+                    n, longest = len(self.splits[split]), max(x.length / x.sample_rate for x in self.splits[split])
+                    why = (f"all {n} are shorter than one segment (the longest is {longest:.1f} s)"
+                           if len(ds.too_short) == n else
+                           f"{len(ds.too_short)} are shorter than one segment, the others below "
+                           f"{h.silence_threshold_db:g} dBFS throughout")
+                    raise DataError(f"no training song has a usable {h.segment_seconds:g} s segment: {why}", h.root,
+                                    f"lower data.segment_seconds (e.g. --data.segment_seconds {max(longest / 2, 0.5):.1f}), "
+                                    "add longer songs, or check the files with `mst-single check-data`")
 
     def param_targets(self, songs: list[SongInfo]) -> np.ndarray | None:
         """The parameter targets (`data.param_targets`) of `songs`, (songs, P) in [0, 1]; None without targets."""

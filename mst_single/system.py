@@ -300,11 +300,24 @@ class VocalMST(pl.LightningModule):
             if names is None:
                 raise MstError(f"model.param_loss_weight is {self.param_loss_weight:g} but the data has no "
                                "parameter targets", fix="set data.param_targets to a JSON of oracle settings "
-                               "(`mst-single ablate` writes one per fold), or model.param_loss_weight: 0")
+                               "(`mst-single targets DATA -o T.json`; `mst-single ablate` writes one per fold), "
+                               "or model.param_loss_weight: 0")
             if list(names) != self.param_names:
                 raise MstError("the parameter targets were fitted for another console (parameter names differ: "
                                f"{len(names)} vs {len(self.param_names)})", where,
-                               "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
+                               "refit them with this model's stages and sample rate (`mst-single targets`, or "
+                               "rerun `mst-single ablate`)")
+            from mst_single.data import param_targets_fitted_at
+
+            at = param_targets_fitted_at(where) if where else {}
+            ours = {"sample_rate": self.sample_rate, "target_lufs": self.target_lufs}
+            off = {k: v for k, v in at.items() if k in ours and float(v) != float(ours[k])}
+            if off:
+                prior = f" --prior-weight {at['prior_weight']:g}" if "prior_weight" in at else ""
+                raise MstError("the parameter targets were fitted at " + ", ".join(
+                    f"{k} {v:g} (this fit: {ours[k]:g})" for k, v in off.items()), where,
+                    f"refit them: mst-single targets DATA -o {where} --sample-rate {self.sample_rate} "
+                    f"--target-lufs {self.target_lufs:g}{prior}")
         if self.descriptor_init == "ridge" and not math.isfinite(float(self.descriptor_ridge_strength)):
             self._init_descriptor_map()
         if self.style_ridge and not math.isfinite(float(self.style_ridge_strength)):  # not again on resume

@@ -71,7 +71,9 @@ def make_targets(root, *, sample_rate: int = 48000, target_lufs: float = -23.0, 
         prior = B.median_setting([fits[s.name][0] for s in songs])
         print(f"targets: refitting {len(songs)} songs toward their median fit (weight {prior_weight:g})", flush=True)
         fits = B.fit_songs(console, songs, prior=prior, prior_weight=prior_weight, **common)
-    return {"names": list(console.param_names),
+    # fit checks these against its own: targets fitted at another rate or level mean other settings
+    return {"names": list(console.param_names), "sample_rate": int(sample_rate), "target_lufs": float(target_lufs),
+            "prior_weight": float(prior_weight),
             "params": {n: p.reshape(-1).tolist() for n, (p, _) in sorted(fits.items())}}
 
 

@@ -159,6 +159,33 @@ def resolve_run_dir(subcommand: str, run_name: str | None, runs_dir: str, approa
     return run_dir, resuming
 
 
+# What `fit --ckpt_path` may change when it resumes a run: how it is logged and where its files are
+# read from (a notebook copies its data to a new local disk each session), not what it trains.
+RESUME_FREE = {"model": {"log_audio_every_n_epochs", "num_log_examples"},
+               "data": {"root", "num_workers", "cache_dir", "allow_unmatched", "param_targets"}}
+
+
+def check_resume_config(run_dir: Path, config: dict, ckpt_path: str | None) -> None:
+    """Refuse to resume the run in ``run_dir`` with other ``model.*`` / ``data.*`` settings than it was
+    trained with (its ``config.yaml``) outside :data:`RESUME_FREE`: another approach fails on the weights
+    after config.yaml was rewritten, another sample rate trains on silently different data."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = read_yaml_mapping(saved)
+    diffs = []
+    for section, free in RESUME_FREE.items():
+        a, b = old.get(section) or {}, config.get(section) or {}
+        diffs += [f"{section}.{k} {b.get(k)!r} (the run: {a.get(k)!r})"
+                  for k in sorted(set(a) | set(b)) if k not in free and a.get(k) != b.get(k)]
+    if diffs:
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise MstError(f"--ckpt_path {ckpt_path}: resuming would change what this run trains: "
+                       f"{'; '.join(diffs[:4])}{more}", saved,
+                       f"resume with the run's own settings (-c {saved} --ckpt_path last), or start a new run "
+                       "under another --run_name")
+
+
 # ----------------------------------------------------------------------------------------------
 # the CLI
 
@@ -227,6 +254,8 @@ def _cli_classes():
                     c.data.sample_rate = c.model.sample_rate = sr
             self.run_dir, self.resuming = resolve_run_dir(sub, c.get("run_name"), c.get("runs_dir"),
                                                           c.model.approach, ckpt)
+            if self.resuming:  # before anything is written: config.yaml must keep describing the run
+                check_resume_config(self.run_dir, yaml.safe_load(self._parser(sub).dump(c, skip_none=False)), ckpt)
             self.log_dir = self.run_dir if sub == "fit" else self.run_dir / sub
             c.run_name = self.run_dir.name
 
@@ -262,12 +291,14 @@ def _cli_classes():
             try:
                 super()._run_subcommand(subcommand)
             except BaseException:
-                # a run that failed before writing any file (bad data, ...) leaves no empty folder
+                # a new run that failed before its first logged step (bad data, ...) leaves no folder
+                # behind: its config and W&B files describe a run that never trained
                 run_dir = getattr(self, "run_dir", None)
                 if getattr(self, "_new_run_dir", False) and run_dir is not None and run_dir.is_dir() \
-                        and not any(p.is_file() for p in run_dir.rglob("*")):
+                        and not any((run_dir / "checkpoints").glob("*.ckpt")) and not _logged_a_step(run_dir):
                     import shutil
 
+                    _finish_wandb()  # its files are in the folder
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise
 
@@ -286,6 +317,15 @@ def _cli_classes():
                                job_type=self.subcommand, resume="allow")
 
     return VocalCLI, RunConfigCallback
+
+
+def _logged_a_step(run_dir: Path) -> bool:
+    """Whether the run's metrics.csv holds a row (training went at least one logged step)."""
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            return sum(1 for _ in f) > 1
+    except OSError:
+        return False
 
 
 def _checkpoint_sample_rate(path: str) -> int | None:

@@ -330,6 +330,15 @@ def test_targets_command_writes_the_prior_fits_that_the_recipe_config_trains_on(
     capsys.readouterr()
     assert cli_main(["fit", "-c", str(cfg1), *tiny_fit_args(root, tmp_path / "runs"), "--run_name", "a1-no-targets"]) == 2
     assert "param_loss_weight" in capsys.readouterr().err  # without --data.param_targets: said, not ignored
+    # the file says what it was fitted at; targets of another rate are other settings: refused, with the command
+    assert {k: json.loads((tmp_path / "plain.json").read_text())[k] for k in ("sample_rate", "target_lufs", "prior_weight")} \
+        == {"sample_rate": SR, "target_lufs": -23.0, "prior_weight": 0.0}
+    assert cli_main(["fit", "-c", str(cfg1), *tiny_fit_args(root, tmp_path / "runs"), "--run_name", "a1-22k",
+                     "--data.sample_rate", "22050", "--data.param_targets", str(tmp_path / "plain.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"fitted at sample_rate {SR} (this fit: 22050)" in err and str(tmp_path / "plain.json") in err
+    assert "mst-single targets DATA -o" in err and "--sample-rate 22050 --target-lufs -23 --prior-weight 0" in err
+    assert not (tmp_path / "runs" / "a1-22k").exists()
 
     # too few songs for a median prior: the folder named, and the way out
     few = tmp_path / "few"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def test_validate_and_test_on_checkpoint(fit_once, demo_root):
 
 
 @pytest.mark.slow
-def test_last_checkpoint_and_resume(demo_root, tmp_path):
+def test_last_checkpoint_and_resume(demo_root, tmp_path, capsys):
     # lr 0: val/loss never improves after epoch 0, so the best checkpoint stays at step 2 while
     # last.ckpt must still move on to the final step (Lightning 2.6 alone would leave it at step 2)
     args = ["-c", str(CONFIGS / "approach2.yaml"), *tiny_args(demo_root, tmp_path, epochs=2), "--run_name", "r",
@@ -171,6 +172,34 @@ def test_last_checkpoint_and_resume(demo_root, tmp_path):
     assert steps == [0, 1, 2, 3, 4, 5]  # epochs 0-1 kept from the first run, epoch 2 added, nothing twice
     assert len(column(rows, "val/loss")) == 3
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
+
+    # resuming with another approach or sample rate would train something else under this run's name
+    # (another approach used to fail on the weights after config.yaml had been rewritten): refused
+    # before any file of the run changes
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    for other, key in ((["-c", str(CONFIGS / "approach1.yaml")], "model.approach 'approach1' (the run: 'approach2')"),
+                       (["--data.sample_rate", "22050"], "data.sample_rate 22050 (the run: 16000)")):
+        assert cli_main(["fit", *args, *other, "--trainer.max_epochs", "4", "--ckpt_path", "last"]) == 2
+        err = capsys.readouterr().err
+        assert "resuming would change what this run trains" in err and key in err
+        assert str(tmp_path / "r" / "config.yaml") in err and "another --run_name" in err
+    assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before
+    # where the data is read from may change (a notebook's new local disk), and so may the epochs
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_root, moved)
+    assert cli_main(["fit", *args, "--data.root", str(moved), "--trainer.max_epochs", "4", "--ckpt_path", "last"]) == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_songs_shorter_than_a_segment_are_a_clear_error_and_leave_no_run_folder(demo_root, tmp_path, capsys):
+    # every demo song is 3 s: a 5 s segment fits none; the loader's sampler used to fail on an empty split
+    args = ["-c", str(CONFIGS / "approach2.yaml"), *tiny_args(demo_root, tmp_path), "--run_name", "long",
+            "--data.segment_seconds", "5"]
+    assert cli_main(["fit", *args]) == 2
+    err = capsys.readouterr().err
+    assert "no training song has a usable 5 s segment: all 4 are shorter than one segment (the longest is" in err
+    assert str(demo_root) in err and "--data.segment_seconds 1.5" in err
+    assert not (tmp_path / "long").exists()
 
 
 def test_config_inheritance_expands_base(tmp_path):
