@@ -342,6 +342,35 @@ class _Progress:
     def __exit__(self, *exc):
         self.bar.close()
 
+
+# What mix writes, by the output's extension (case-insensitive). soundfile would write anything under
+# any name (a float WAV called .mp3), so other extensions are refused rather than guessed at.
+OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+
+
+def side_paths(out_path: Path) -> tuple[Path, Path]:
+    """OUT.params.json and OUT.mixsheet.md, written beside OUT."""
+    return out_path.with_name(out_path.name + ".params.json"), out_path.with_name(out_path.name + ".mixsheet.md")
+
+
+def check_output(out_path: Path) -> None:
+    """MstError naming `out_path` when mix could not write it as asked: an extension it does not write,
+    or a folder in the way of OUT or a side file. Cheap: run before the checkpoint and the audio are
+    read, so a typo in -o costs nothing (otherwise it surfaced only at the rename, after the whole mix)."""
+    suffix = out_path.suffix.lower()
+    if out_path.is_dir():
+        raise MstError("the output path is an existing folder; -o takes the output file's name", out_path,
+                       f"name a file in it, e.g. -o {out_path / 'mix.wav'}")
+    if suffix not in OUTPUT_FORMATS:
+        what = f"the extension {out_path.suffix!r}" if out_path.suffix else "no extension"
+        raise MstError(f"the output has {what}; mix writes only .wav (float32) and .flac (24-bit)", out_path,
+                       f"use -o {out_path.with_suffix('.wav')} or -o {out_path.with_suffix('.flac')}")
+    for side in side_paths(out_path):
+        if side.is_dir():
+            raise MstError(f"a folder is in the way of the output's {side.name[len(out_path.name):]} file", side,
+                           "remove or rename that folder, or choose another -o path")
+
+
 def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
              progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
@@ -367,6 +396,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
+    raw_path, out_path = Path(raw_path), Path(out_path)
+    check_output(out_path)
+    json_path, md_path = side_paths(out_path)
+
     import torch
 
     from mst_single import provenance
@@ -374,7 +407,6 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     from mst_single.console import VocalConsole
     from mst_single.descriptors import DESCRIPTOR_NAMES
 
-    raw_path, out_path = Path(raw_path), Path(out_path)
     model, meta = load_model(ckpt)
     check_reference(model, ckpt, reference)
     if refine_steps and not model.needs_reference:
@@ -397,8 +429,6 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     for src in [raw_path] + ([Path(reference)] if reference is not None else []):
         if (out_path.exists() and os.path.samefile(src, out_path)) or out_path.resolve() == Path(src).resolve():
             raise MstError("the output would overwrite an input file", out_path, "choose another -o path")
-    json_path = out_path.with_name(out_path.name + ".params.json")
-    md_path = out_path.with_name(out_path.name + ".mixsheet.md")
     alignment = reference_alignment(info, rinfo) if refine_steps and rinfo is not None else None
     if alignment and not alignment["same_vocal"]:
         print(f"warning: {reference}: not a mix of {raw_path.name} as far as alignment tells (score "
@@ -487,7 +517,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         streamer = console.streamer(p_in)
         import soundfile as sf
 
-        out_fmt, subtype = ("FLAC", "PCM_24") if out_path.suffix.lower() == ".flac" else ("WAV", "FLOAT")
+        out_fmt, subtype = OUTPUT_FORMATS[out_path.suffix.lower()]
         if out_fmt == "WAV" and frames * 2 * 4 > 3.9e9:
             out_fmt = "RF64"  # plain WAV stops at 4 GB
         peak = 0.0
@@ -561,7 +591,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("raw", metavar="RAW", help="raw vocal (WAV/FLAC, any rate and length, mono or stereo)")
     parser.add_argument("-o", "--out", required=True, metavar="OUT",
-                        help="output WAV (stereo, input rate); also writes OUT.params.json and OUT.mixsheet.md")
+                        help="output .wav (float32) or .flac (24-bit), stereo at the input's rate; also writes "
+                             "OUT.params.json and OUT.mixsheet.md")
     parser.add_argument("--ckpt", required=True, help="checkpoint from `mst-single fit` (runs/NAME/checkpoints/*.ckpt)")
     parser.add_argument("--reference", metavar="REF", default=None,
                         help="reference mixed vocal (required for approach1 checkpoints, refused for approach2)")

@@ -493,6 +493,45 @@ def test_mix_output_folder_not_writable(where, ckpts, mix_inputs, tmp_path, work
     assert not out.exists()
 
 
+@pytest.mark.parametrize("case", ["mp3", "no extension", "existing folder"])
+def test_mix_refuses_an_output_it_cannot_write_before_any_work(case, mix_inputs, tmp_path, workdir, monkeypatch):
+    """-o is checked before the checkpoint or the audio is read: a .mp3 used to get a float WAV under
+    that name, and a folder failed only at the rename, after the whole mix."""
+    import mst_single.mix as mix
+
+    def too_late(*a, **k):
+        raise AssertionError("mix loaded the checkpoint before refusing -o")
+
+    monkeypatch.setattr(mix, "load_model", too_late)
+    raw, _ = mix_inputs
+    if case == "mp3":
+        out, words = workdir / "out" / "x.mp3", ["'.mp3'", ".wav (float32)", str(workdir / "out" / "x.wav")]
+    elif case == "no extension":
+        out, words = workdir / "out" / "x", ["no extension", str(workdir / "out" / "x.flac")]
+    else:
+        out, words = workdir / "mixes", ["existing folder", str(workdir / "mixes" / "mix.wav")]
+        out.mkdir()
+        (out / "old.wav").write_bytes(b"an earlier mix")
+    before = snapshot(workdir)
+    code, text = cli("mix", raw, "-o", out, "--ckpt", tmp_path / "never_read.ckpt", "--quiet")
+    assert code == 2, text
+    assert "Traceback" not in text and text.startswith(f"error: {out}: "), text
+    assert_names_file_and_fix(text, out, *words)
+    assert snapshot(workdir) == before
+
+
+def test_mix_output_extension_is_case_insensitive_and_side_files_need_room(tmp_path):
+    from mst_single.errors import MstError
+    from mst_single.mix import check_output
+
+    for name in ("a.wav", "a.WAV", "a.Flac"):
+        check_output(tmp_path / name)  # accepted: no error
+    (tmp_path / "a.wav.params.json").mkdir()
+    with pytest.raises(MstError, match="a folder is in the way of the output's .params.json file") as e:
+        check_output(tmp_path / "a.wav")
+    assert str(tmp_path / "a.wav.params.json") in str(e.value)
+
+
 def test_mix_refuses_to_overwrite_its_input(ckpts, mix_inputs, tmp_path, workdir):
     raw = tmp_path / "raw.wav"
     shutil.copy(mix_inputs[0], raw)
