@@ -40,6 +40,10 @@ SEGMENT_RANGE_DB = 30.0  # windows more than this below the loudest window are n
 DEFAULT_MAX_SEGMENTS = 8
 DEFAULT_BLOCK = 1 << 19  # samples per streaming block (10.9 s at 48 kHz, ~20 MB of work buffers): long
 # next to the 2.5 s reverb IR, so the overlap-add FFTs waste little (FFT length ~1.2x the block)
+# For an unreadable RAW or --reference: audio_info's default fix is for a song of a data folder
+# ("... or remove the song from raw/ and mixed/"), meaningless for the one file mix was given.
+_INPUT_FIX = ("pass a WAV or FLAC file: re-export it from your audio editor, or convert it "
+              "(e.g. `ffmpeg -i FILE FILE.wav`)")
 _CKPT_FIX = "pass a .ckpt written by `mst-single fit` (runs/NAME/checkpoints/last.ckpt or best-*.ckpt)"
 _MODEL_CACHE: dict = {}
 
@@ -424,8 +428,8 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if refine_steps < 0 or refine_crops < 1 or refine_lr <= 0:
         raise MstError(f"--refine-steps must be >= 0, --refine-crops >= 1 and --refine-lr > 0 (got "
                        f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
-    info = audio_info(raw_path)
-    rinfo = audio_info(reference) if reference is not None else None
+    info = audio_info(raw_path, _INPUT_FIX)
+    rinfo = audio_info(reference, _INPUT_FIX) if reference is not None else None
     for src in [raw_path] + ([Path(reference)] if reference is not None else []):
         if (out_path.exists() and os.path.samefile(src, out_path)) or out_path.resolve() == Path(src).resolve():
             raise MstError("the output would overwrite an input file", out_path, "choose another -o path")

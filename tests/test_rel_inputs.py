@@ -434,6 +434,10 @@ def test_mix_bad_raw(case, ckpts, tmp_path, workdir):
     assert code == 2, text
     assert "Traceback" not in text
     assert_names_file_and_fix(text, raw, *words)
+    # mix has one file, not a data folder's song: the data layer's "remove the song" does not apply
+    assert "raw/ and mixed/" not in text, text
+    if case in ("zero-length", "corrupt header", "non-audio"):
+        assert "pass a WAV or FLAC file" in text and "convert it" in text, text
     assert snapshot(tmp_path) == before
     assert files_under(workdir) == [], "mix wrote output although its input is unusable"
 
@@ -475,6 +479,19 @@ def test_mix_bad_reference(ckpts, mix_inputs, tmp_path, workdir):
     code, text = cli("mix", raw, "-o", out, "--ckpt", ckpts["approach1"], "--reference", ref, "--quiet")
     assert code == 2 and "ref.wav" in text and "NaN/Inf" in text, text
     assert files_under(workdir) == []
+
+
+def test_mix_unreadable_reference_says_what_to_do_with_that_file(ckpts, mix_inputs, tmp_path, workdir):
+    raw, _ = mix_inputs
+    ref = tmp_path / "ref.wav"
+    ref.write_text("these are my lyrics, not audio\n" * 20)
+    before = snapshot(tmp_path)
+    code, text = cli("mix", raw, "-o", workdir / "mixed.wav", "--ckpt", ckpts["approach1"], "--reference", ref,
+                     "--quiet")
+    assert code == 2 and "Traceback" not in text, text
+    assert_names_file_and_fix(text, ref, "not an audio file", "pass a WAV or FLAC file", "convert it")
+    assert "raw/ and mixed/" not in text, text
+    assert snapshot(tmp_path) == before and files_under(workdir) == []
 
 
 @pytest.mark.parametrize("where", ["under a regular file", "/proc"])
