@@ -1,8 +1,9 @@
 """`mst-single mix RAW -o OUT --ckpt CKPT [--reference REF]`: mix a raw vocal with a trained model.
 
 1. The checkpoint is loaded on the CPU (Approach 1 needs `--reference`, Approach 2 refuses one).
-2. First streaming pass over RAW (any length, rate, mono or stereo -> mono mean downmix):
-   integrated loudness (BS.1770, `loudness.StreamingLoudness`) and a 100 ms energy envelope.
+2. First streaming pass over RAW (any rate, at least one 0.4 s loudness block long, mono or stereo
+   -> mono mean downmix): integrated loudness (BS.1770, `loudness.StreamingLoudness`) and a 100 ms
+   energy envelope.
 3. Parameters: up to `max_segments` non-silent segments of `segment_seconds`, evenly spaced across
    the song, are read at the model's rate, scaled by the whole file's normalisation gain (as in
    training, where every segment of a song gets its song's gain), and the network
@@ -116,6 +117,19 @@ def check_reference(model, ckpt, reference) -> None:
     if model.approach == "approach2" and reference is not None:
         raise MstError("this is an approach2 (house-style) checkpoint: it takes no reference mix", ckpt,
                        "drop --reference, or use an approach1 (reference-based) checkpoint")
+
+
+def check_measurable(info, path, what: str) -> None:
+    """DataError naming `path` when the file is shorter than one BS.1770 gating block: its integrated
+    loudness cannot be measured (the meters read -70 LUFS, as for silence), and the mix would be
+    normalised from that made-up value."""
+    from mst_single.loudness import BLOCK_SECONDS
+
+    if info.frames < BLOCK_SECONDS * info.sample_rate:
+        raise DataError(f"the {what} is too short to measure its loudness: {info.frames / info.sample_rate:.3f} s "
+                        f"({info.frames} samples at {info.sample_rate} Hz), and BS.1770 loudness needs at least "
+                        f"{BLOCK_SECONDS:g} s (one gating block)", path,
+                        f"pass a recording of at least {BLOCK_SECONDS:g} s")
 
 
 def reference_alignment(raw_info, ref_info) -> dict:
@@ -382,7 +396,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
     Args:
-        raw_path: raw vocal, WAV/FLAC, any rate/length, mono or stereo (mean downmix).
+        raw_path: raw vocal, WAV/FLAC, any rate, at least 0.4 s, mono or stereo (mean downmix).
         out_path: output file (`.wav` float32, or `.flac` 24-bit); stereo at the input's rate.
         ckpt: checkpoint written by `mst-single fit`.
         reference: mixed reference vocal (Approach 1 only; required there, refused for Approach 2).
@@ -430,6 +444,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                        f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
     info = audio_info(raw_path, _INPUT_FIX)
     rinfo = audio_info(reference, _INPUT_FIX) if reference is not None else None
+    check_measurable(info, raw_path, "raw vocal")
+    if rinfo is not None:
+        check_measurable(rinfo, reference, "reference mix")
     for src in [raw_path] + ([Path(reference)] if reference is not None else []):
         if (out_path.exists() and os.path.samefile(src, out_path)) or out_path.resolve() == Path(src).resolve():
             raise MstError("the output would overwrite an input file", out_path, "choose another -o path")
@@ -593,7 +610,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
 # CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("raw", metavar="RAW", help="raw vocal (WAV/FLAC, any rate and length, mono or stereo)")
+    parser.add_argument("raw", metavar="RAW", help="raw vocal (WAV/FLAC, any rate, at least 0.4 s, mono or stereo)")
     parser.add_argument("-o", "--out", required=True, metavar="OUT",
                         help="output .wav (float32) or .flac (24-bit), stereo at the input's rate; also writes "
                              "OUT.params.json and OUT.mixsheet.md")

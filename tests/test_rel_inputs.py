@@ -481,6 +481,38 @@ def test_mix_bad_reference(ckpts, mix_inputs, tmp_path, workdir):
     assert files_under(workdir) == []
 
 
+def test_mix_refuses_inputs_too_short_to_measure_their_loudness(ckpts, mix_inputs, tmp_path, workdir):
+    """Shorter than one 0.4 s BS.1770 block, a file has no integrated loudness (the meters read
+    -70 LUFS): mix used to report "input -70.0 LUFS, normalised to -23.0 LUFS (0.0 dB)" for 2 ms."""
+    import json
+
+    raw, ref = mix_inputs
+    tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR)).astype(np.float32)
+    block = int(0.4 * SR)
+    cases = [("raw", 100, "0.006 s (100 samples at 16000 Hz)"), ("raw", block - 1, "0.400 s (6399 samples"),
+             ("reference", 100, "0.006 s (100 samples at 16000 Hz)")]
+    for which, n, duration in cases:
+        short = tmp_path / f"short_{which}_{n}.wav"
+        sf.write(short, tone[:n], SR, subtype="FLOAT")
+        before = snapshot(tmp_path)
+        args = [short, "--ckpt", ckpts["approach2"]] if which == "raw" else \
+            [raw, "--ckpt", ckpts["approach1"], "--reference", short]
+        code, text = cli("mix", args[0], "-o", workdir / "out.wav", *args[1:], "--quiet")
+        assert code == 2 and "Traceback" not in text, text
+        assert_names_file_and_fix(text, short, "too short to measure its loudness", duration,
+                                  "needs at least 0.4 s", "at least 0.4 s")
+        assert snapshot(tmp_path) == before and files_under(workdir) == []
+    # one block exactly is enough: measured, not the -70 LUFS of an unmeasurable file
+    exact = tmp_path / "exact.wav"
+    sf.write(exact, tone[:block], SR, subtype="FLOAT")
+    code, text = cli("mix", exact, "-o", workdir / "out.wav", "--ckpt", ckpts["approach2"], "--quiet")
+    assert code == 0, text
+    from mst_single.loudness import integrated_loudness
+
+    lufs = json.loads((workdir / "out.wav.params.json").read_text())["input_lufs"]
+    assert lufs == pytest.approx(integrated_loudness(tone[:block], SR), abs=0.01) and lufs > -40, lufs
+
+
 def test_mix_unreadable_reference_says_what_to_do_with_that_file(ckpts, mix_inputs, tmp_path, workdir):
     raw, _ = mix_inputs
     ref = tmp_path / "ref.wav"
