@@ -19,7 +19,8 @@
    in length. Memory is bounded by the block size, not the file length.
 5. OUT (WAV float32, or FLAC 24-bit for `.flac`; stereo, input rate, input length),
    `OUT.params.json` and `OUT.mixsheet.md` are written to temporary files and renamed into place
-   together at the end: on any error none of them appears.
+   together at the end: on any error none of them appears. An output peaking above 0 dBFS gets a
+   warning (the FLAC clips those samples, the float WAV keeps them).
 """
 from __future__ import annotations
 
@@ -363,7 +364,7 @@ class _Progress:
 
 # What mix writes, by the output's extension (case-insensitive). soundfile would write anything under
 # any name (a float WAV called .mp3), so other extensions are refused rather than guessed at.
-OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT", "float WAV"), ".flac": ("FLAC", "PCM_24", "24-bit FLAC")}
 
 
 def side_paths(out_path: Path) -> tuple[Path, Path]:
@@ -538,10 +539,12 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         streamer = console.streamer(p_in)
         import soundfile as sf
 
-        out_fmt, subtype = OUTPUT_FORMATS[out_path.suffix.lower()]
+        out_fmt, subtype, out_kind = OUTPUT_FORMATS[out_path.suffix.lower()]
         if out_fmt == "WAV" and frames * 2 * 4 > 3.9e9:
             out_fmt = "RF64"  # plain WAV stops at 4 GB
-        peak = 0.0
+        # Counted while writing, as the file is not read back: an integer PCM output (24-bit FLAC)
+        # saturates every sample beyond full scale, a float WAV keeps it (a player or converter clips it).
+        peak, clipped, saturates = 0.0, 0, subtype != "FLOAT"
         with contextlib.ExitStack() as stack:
             tmp_wav = stack.enter_context(fileio.atomic_path(out_path))
             tmp_json = stack.enter_context(fileio.atomic_path(json_path))
@@ -552,7 +555,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                     if not np.isfinite(y).all():
                         raise MstError(f"the chain produced NaN/Inf output near {start / sr_in:.1f} s", raw_path,
                                        "report this with the file and checkpoint; no output was written")
-                    peak = max(peak, float(np.abs(y).max()))
+                    a = np.abs(y)
+                    peak = max(peak, float(a.max()))
+                    if saturates:
+                        clipped += int(np.count_nonzero(a > 1.0))
                     f.write(y.T)
                     bar.update(x.shape[1] / sr_in)
                 written = f.frames
@@ -603,7 +609,23 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             tmp_json.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=fileio._jsonable) + "\n",
                                 encoding="utf-8")
             tmp_md.write_text(mixsheet(report), encoding="utf-8")
+    if peak > 1.0:  # after the rename: the warning is about a file that exists
+        warn_output_peak(out_path, peak, out_kind, clipped if saturates else None)
     return report
+
+
+def warn_output_peak(out_path: Path, peak: float, kind: str, clipped: int | None) -> None:
+    """A `warning:` line on stderr for an output (of `kind`, e.g. "24-bit FLAC") peaking above full
+    scale (`peak` > 1.0): `clipped` samples were saturated (integer PCM), or None: a float file kept them."""
+    db = 20 * math.log10(peak)
+    if clipped is not None:
+        what = (f"{clipped} samples (both channels counted) were clipped to full scale in the {kind}; fix: mix "
+                f"to a float WAV (-o {out_path.with_suffix('.wav')}), which keeps them, and turn it down by at least "
+                f"{db:.1f} dB before converting it")
+    else:
+        what = (f"the {kind} keeps the samples above full scale, but they may clip on playback or when converted "
+                f"to 16/24-bit or MP3; fix: turn it down by at least {db:.1f} dB before playing or converting it")
+    print(f"warning: {out_path}: the mix peaks at {db:+.2f} dBFS, above full scale: {what}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
