@@ -342,15 +342,32 @@ def mixsheet(report: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # the mix
 
-class _Progress:
-    """Progress in seconds of audio processed (both passes; a bar on a terminal, lines otherwise);
-    float rounding never overshoots the total."""
+def _seconds(s: float) -> str:
+    return f"{s:.1f}".removesuffix(".0")
 
-    def __init__(self, total: float, desc: str, enabled: bool):
+
+class _Progress:
+    """Progress in seconds of audio read (a bar on a terminal, lines otherwise), over every pass mix
+    makes: `passes` over RAW (`seconds` long) plus, with `reference_seconds`, one over the reference.
+    The total and the unit say so ("540/540 s audio read in 3 passes x 180 s"), and `stage` names the
+    current pass, so a 180 s file is not taken for 540 s. Float rounding never overshoots the total."""
+
+    def __init__(self, name: str, seconds: float, passes: int, reference_seconds: float | None, enabled: bool):
         from mst_single.progress import progress
 
-        self.bar = progress(total=total, desc=desc, enabled=enabled, unit="s audio",
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+        self.name, self.passes, self.done = name, passes, 0
+        total = seconds * passes + (reference_seconds or 0.0)
+        unit = f"s audio read in {passes} passes x {_seconds(seconds)} s" + (
+            f" + reference {_seconds(reference_seconds)} s" if reference_seconds is not None else "")
+        self.bar = progress(total=total, desc=f"mix {name}", enabled=enabled, unit=unit,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} " + unit + " [{elapsed}<{remaining}]")
+
+    def stage(self, what: str, raw_pass: bool = True) -> None:
+        """Start the next pass over RAW (`raw_pass`) or another read (the reference), named `what`."""
+        if raw_pass:
+            self.done += 1
+            what = f"pass {self.done}/{self.passes} ({what})"
+        self.bar.set_description(f"mix {self.name}, {what}")
 
     def update(self, seconds: float) -> None:
         self.bar.update(max(0.0, min(seconds, self.bar.total - self.bar.n)))
@@ -466,10 +483,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if seg_s <= 0:
         raise MstError(f"--segment-seconds must be positive, got {seg_s}", fix="e.g. --segment-seconds 4")
     passes = 3 if model.output_lufs is not None else 2  # match_loudness: one more pass to measure the output
-    total = frames / sr_in * passes + (rinfo.frames / rinfo.sample_rate if rinfo else 0)
-    bar = _Progress(total, f"mix {raw_path.name}", progress)
+    bar = _Progress(raw_path.name, frames / sr_in, passes, rinfo.seconds if rinfo else None, progress)
     with bar:
         # pass 1: loudness + where the singing is
+        bar.stage("loudness, segments")
         take = bool(getattr(model, "take_descriptors", False))
         ana = analyse(raw_path, info, block_size, bar, descriptors=take)
         if ana["peak"] >= 10 ** (-0.01 / 20):
@@ -480,6 +497,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         raw_segs = torch.from_numpy(_read_segments(raw_path, info, starts, seg_native, msr, 1))
         ref_segs, ref_starts = None, []
         if rinfo is not None:
+            bar.stage(f"reference {Path(reference).name}", raw_pass=False)
             rana = analyse(reference, rinfo, block_size, bar)
             rseg_native = int(round(seg_s * rinfo.sample_rate))
             ref_starts = choose_segments(rana["env_db"], rana["hop"], rinfo.frames, rseg_native, len(starts), reference)
@@ -527,6 +545,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             from mst_single.loudness import StreamingLoudness
 
             meter, streamer = StreamingLoudness(sr_in, 2), console.streamer(p_in)
+            bar.stage("output loudness")
             for _, x in _blocks(raw_path, info, block_size):
                 meter.update(streamer.process(x.mean(axis=0, keepdims=True) * gain))
                 bar.update(x.shape[1] / sr_in)
@@ -545,6 +564,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         # Counted while writing, as the file is not read back: an integer PCM output (24-bit FLAC)
         # saturates every sample beyond full scale, a float WAV keeps it (a player or converter clips it).
         peak, clipped, saturates = 0.0, 0, subtype != "FLOAT"
+        bar.stage(f"writing {out_path.name}")
         with contextlib.ExitStack() as stack:
             tmp_wav = stack.enter_context(fileio.atomic_path(out_path))
             tmp_json = stack.enter_context(fileio.atomic_path(json_path))

@@ -200,6 +200,34 @@ def test_mix_warns_when_the_output_peaks_above_full_scale(ckpts, tmp_path, capsy
     assert "warning" not in capsys.readouterr().err
 
 
+def test_mix_progress_counts_each_pass_and_says_so(ckpts, tmp_path, capsys, monkeypatch):
+    """mix reads RAW once per pass: the total is passes x duration (plus the reference), and the unit and
+    the description say so, instead of a 3 s file showing "6/6 s audio". Off a terminal (as here)
+    progress prints whole lines; `every_seconds=0` makes it print one per block."""
+    import functools
+
+    import mst_single.progress as progress_mod
+
+    raw = write(tmp_path / "raw.wav", vocal(3.0, SR), SR)
+    ref = write(tmp_path / "ref.wav", vocal(2.5, SR, 2, seed=1), SR)
+    mix_file(raw, tmp_path / "plain.wav", ckpts["approach2"], progress=True)
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "mix raw.wav, pass 2/2 (writing plain.wav): 6/6 s audio read in 2 passes x 3 s (100%), ")
+
+    monkeypatch.setattr(progress_mod, "progress", functools.partial(progress_mod.progress, every_seconds=0))
+    mix_file(raw, tmp_path / "o.wav", ckpts["approach1"], reference=ref, progress=True, block_size=SR)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mix raw.wav")]
+    unit = "s audio read in 2 passes x 3 s + reference 2.5 s"
+    # one line per 1 s block, each naming the pass it was read in; the last when the bar closes
+    heads = [ln.split(f" {unit} ")[0] for ln in lines]
+    pass1, reference, pass2 = ("mix raw.wav, " + s for s in ("pass 1/2 (loudness, segments)", "reference ref.wav",
+                                                             "pass 2/2 (writing o.wav)"))
+    assert heads == [f"{pass1}: 1/8.5", f"{pass1}: 2/8.5", f"{pass1}: 3/8.5", f"{reference}: 4/8.5",
+                     f"{reference}: 5/8.5", f"{reference}: 5.5/8.5", f"{pass2}: 6.5/8.5", f"{pass2}: 7.5/8.5",
+                     f"{pass2}: 8.5/8.5"], lines
+    assert f"8.5/8.5 {unit} (100%)" in lines[-1]
+
+
 @pytest.mark.slow
 def test_mix_refine_start_ridge_starts_from_the_checkpoints_style_ridge(ckpts, tmp_path, capsys):
     """model.style_ridge (e09 `ridge-start`): fitted when `fit` starts, kept in the checkpoint, the network
