@@ -53,8 +53,11 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Open the header of a WAV/FLAC file; DataError for empty, non-audio or corrupt files."""
+def audio_info(path: str | os.PathLike, bad_file_fix: str = _FIX_BAD_FILE) -> AudioInfo:
+    """Open the header of a WAV/FLAC file; DataError for empty, non-audio or corrupt files.
+
+    ``bad_file_fix``: the fix those errors suggest; the default is for a song of a data folder,
+    which can also be dropped from raw/ and mixed/ (a single input file, as `mix`'s, cannot)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -64,7 +67,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     if path.is_dir():
         raise DataError("this is a folder, not an audio file", path, "pass a .wav or .flac file")
     if size == 0:
-        raise DataError("the file is empty (0 bytes, zero-length audio)", path, _FIX_BAD_FILE)
+        raise DataError("the file is empty (0 bytes, zero-length audio)", path, bad_file_fix)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
@@ -74,9 +77,9 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
             problem = f"the audio header is corrupt or truncated (libsndfile: {_sf_reason(e)})"
         else:
             problem = f"not an audio file: it has no WAV/FLAC signature (libsndfile: {_sf_reason(e)})"
-        raise DataError(problem, path, _FIX_BAD_FILE) from e
+        raise DataError(problem, path, bad_file_fix) from e
     if info.frames <= 0:
-        raise DataError("the file has no audio samples (zero length)", path, _FIX_BAD_FILE)
+        raise DataError("the file has no audio samples (zero length)", path, bad_file_fix)
     return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames))
 
 

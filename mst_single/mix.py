@@ -1,8 +1,9 @@
 """`mst-single mix RAW -o OUT --ckpt CKPT [--reference REF]`: mix a raw vocal with a trained model.
 
 1. The checkpoint is loaded on the CPU (Approach 1 needs `--reference`, Approach 2 refuses one).
-2. First streaming pass over RAW (any length, rate, mono or stereo -> mono mean downmix):
-   integrated loudness (BS.1770, `loudness.StreamingLoudness`) and a 100 ms energy envelope.
+2. First streaming pass over RAW (any rate, at least one 0.4 s loudness block long, mono or stereo
+   -> mono mean downmix): integrated loudness (BS.1770, `loudness.StreamingLoudness`) and a 100 ms
+   energy envelope.
 3. Parameters: up to `max_segments` non-silent segments of `segment_seconds`, evenly spaced across
    the song, are read at the model's rate, scaled by the whole file's normalisation gain (as in
    training, where every segment of a song gets its song's gain), and the network
@@ -18,7 +19,8 @@
    in length. Memory is bounded by the block size, not the file length.
 5. OUT (WAV float32, or FLAC 24-bit for `.flac`; stereo, input rate, input length),
    `OUT.params.json` and `OUT.mixsheet.md` are written to temporary files and renamed into place
-   together at the end: on any error none of them appears.
+   together at the end: on any error none of them appears. An output peaking above 0 dBFS gets a
+   warning (the FLAC clips those samples, the float WAV keeps them).
 """
 from __future__ import annotations
 
@@ -40,6 +42,10 @@ SEGMENT_RANGE_DB = 30.0  # windows more than this below the loudest window are n
 DEFAULT_MAX_SEGMENTS = 8
 DEFAULT_BLOCK = 1 << 19  # samples per streaming block (10.9 s at 48 kHz, ~20 MB of work buffers): long
 # next to the 2.5 s reverb IR, so the overlap-add FFTs waste little (FFT length ~1.2x the block)
+# For an unreadable RAW or --reference: audio_info's default fix is for a song of a data folder
+# ("... or remove the song from raw/ and mixed/"), meaningless for the one file mix was given.
+_INPUT_FIX = ("pass a WAV or FLAC file: re-export it from your audio editor, or convert it "
+              "(e.g. `ffmpeg -i FILE FILE.wav`)")
 _CKPT_FIX = "pass a .ckpt written by `mst-single fit` (runs/NAME/checkpoints/last.ckpt or best-*.ckpt)"
 _MODEL_CACHE: dict = {}
 
@@ -112,6 +118,19 @@ def check_reference(model, ckpt, reference) -> None:
     if model.approach == "approach2" and reference is not None:
         raise MstError("this is an approach2 (house-style) checkpoint: it takes no reference mix", ckpt,
                        "drop --reference, or use an approach1 (reference-based) checkpoint")
+
+
+def check_measurable(info, path, what: str) -> None:
+    """DataError naming `path` when the file is shorter than one BS.1770 gating block: its integrated
+    loudness cannot be measured (the meters read -70 LUFS, as for silence), and the mix would be
+    normalised from that made-up value."""
+    from mst_single.loudness import BLOCK_SECONDS
+
+    if info.frames < BLOCK_SECONDS * info.sample_rate:
+        raise DataError(f"the {what} is too short to measure its loudness: {info.frames / info.sample_rate:.3f} s "
+                        f"({info.frames} samples at {info.sample_rate} Hz), and BS.1770 loudness needs at least "
+                        f"{BLOCK_SECONDS:g} s (one gating block)", path,
+                        f"pass a recording of at least {BLOCK_SECONDS:g} s")
 
 
 def reference_alignment(raw_info, ref_info) -> dict:
@@ -323,15 +342,32 @@ def mixsheet(report: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # the mix
 
-class _Progress:
-    """Progress in seconds of audio processed (both passes; a bar on a terminal, lines otherwise);
-    float rounding never overshoots the total."""
+def _seconds(s: float) -> str:
+    return f"{s:.1f}".removesuffix(".0")
 
-    def __init__(self, total: float, desc: str, enabled: bool):
+
+class _Progress:
+    """Progress in seconds of audio read (a bar on a terminal, lines otherwise), over every pass mix
+    makes: `passes` over RAW (`seconds` long) plus, with `reference_seconds`, one over the reference.
+    The total and the unit say so ("540/540 s audio read in 3 passes x 180 s"), and `stage` names the
+    current pass, so a 180 s file is not taken for 540 s. Float rounding never overshoots the total."""
+
+    def __init__(self, name: str, seconds: float, passes: int, reference_seconds: float | None, enabled: bool):
         from mst_single.progress import progress
 
-        self.bar = progress(total=total, desc=desc, enabled=enabled, unit="s audio",
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+        self.name, self.passes, self.done = name, passes, 0
+        total = seconds * passes + (reference_seconds or 0.0)
+        unit = f"s audio read in {passes} passes x {_seconds(seconds)} s" + (
+            f" + reference {_seconds(reference_seconds)} s" if reference_seconds is not None else "")
+        self.bar = progress(total=total, desc=f"mix {name}", enabled=enabled, unit=unit,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} " + unit + " [{elapsed}<{remaining}]")
+
+    def stage(self, what: str, raw_pass: bool = True) -> None:
+        """Start the next pass over RAW (`raw_pass`) or another read (the reference), named `what`."""
+        if raw_pass:
+            self.done += 1
+            what = f"pass {self.done}/{self.passes} ({what})"
+        self.bar.set_description(f"mix {self.name}, {what}")
 
     def update(self, seconds: float) -> None:
         self.bar.update(max(0.0, min(seconds, self.bar.total - self.bar.n)))
@@ -342,6 +378,35 @@ class _Progress:
     def __exit__(self, *exc):
         self.bar.close()
 
+
+# What mix writes, by the output's extension (case-insensitive). soundfile would write anything under
+# any name (a float WAV called .mp3), so other extensions are refused rather than guessed at.
+OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT", "float WAV"), ".flac": ("FLAC", "PCM_24", "24-bit FLAC")}
+
+
+def side_paths(out_path: Path) -> tuple[Path, Path]:
+    """OUT.params.json and OUT.mixsheet.md, written beside OUT."""
+    return out_path.with_name(out_path.name + ".params.json"), out_path.with_name(out_path.name + ".mixsheet.md")
+
+
+def check_output(out_path: Path) -> None:
+    """MstError naming `out_path` when mix could not write it as asked: an extension it does not write,
+    or a folder in the way of OUT or a side file. Cheap: run before the checkpoint and the audio are
+    read, so a typo in -o costs nothing (otherwise it surfaced only at the rename, after the whole mix)."""
+    suffix = out_path.suffix.lower()
+    if out_path.is_dir():
+        raise MstError("the output path is an existing folder; -o takes the output file's name", out_path,
+                       f"name a file in it, e.g. -o {out_path / 'mix.wav'}")
+    if suffix not in OUTPUT_FORMATS:
+        what = f"the extension {out_path.suffix!r}" if out_path.suffix else "no extension"
+        raise MstError(f"the output has {what}; mix writes only .wav (float32) and .flac (24-bit)", out_path,
+                       f"use -o {out_path.with_suffix('.wav')} or -o {out_path.with_suffix('.flac')}")
+    for side in side_paths(out_path):
+        if side.is_dir():
+            raise MstError(f"a folder is in the way of the output's {side.name[len(out_path.name):]} file", side,
+                           "remove or rename that folder, or choose another -o path")
+
+
 def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
              progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
@@ -349,7 +414,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
     Args:
-        raw_path: raw vocal, WAV/FLAC, any rate/length, mono or stereo (mean downmix).
+        raw_path: raw vocal, WAV/FLAC, any rate, at least 0.4 s, mono or stereo (mean downmix).
         out_path: output file (`.wav` float32, or `.flac` 24-bit); stereo at the input's rate.
         ckpt: checkpoint written by `mst-single fit`.
         reference: mixed reference vocal (Approach 1 only; required there, refused for Approach 2).
@@ -367,6 +432,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
+    raw_path, out_path = Path(raw_path), Path(out_path)
+    check_output(out_path)
+    json_path, md_path = side_paths(out_path)
+
     import torch
 
     from mst_single import provenance
@@ -374,7 +443,6 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     from mst_single.console import VocalConsole
     from mst_single.descriptors import DESCRIPTOR_NAMES
 
-    raw_path, out_path = Path(raw_path), Path(out_path)
     model, meta = load_model(ckpt)
     check_reference(model, ckpt, reference)
     if refine_steps and not model.needs_reference:
@@ -392,13 +460,14 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if refine_steps < 0 or refine_crops < 1 or refine_lr <= 0:
         raise MstError(f"--refine-steps must be >= 0, --refine-crops >= 1 and --refine-lr > 0 (got "
                        f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
-    info = audio_info(raw_path)
-    rinfo = audio_info(reference) if reference is not None else None
+    info = audio_info(raw_path, _INPUT_FIX)
+    rinfo = audio_info(reference, _INPUT_FIX) if reference is not None else None
+    check_measurable(info, raw_path, "raw vocal")
+    if rinfo is not None:
+        check_measurable(rinfo, reference, "reference mix")
     for src in [raw_path] + ([Path(reference)] if reference is not None else []):
         if (out_path.exists() and os.path.samefile(src, out_path)) or out_path.resolve() == Path(src).resolve():
             raise MstError("the output would overwrite an input file", out_path, "choose another -o path")
-    json_path = out_path.with_name(out_path.name + ".params.json")
-    md_path = out_path.with_name(out_path.name + ".mixsheet.md")
     alignment = reference_alignment(info, rinfo) if refine_steps and rinfo is not None else None
     if alignment and not alignment["same_vocal"]:
         print(f"warning: {reference}: not a mix of {raw_path.name} as far as alignment tells (score "
@@ -414,10 +483,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if seg_s <= 0:
         raise MstError(f"--segment-seconds must be positive, got {seg_s}", fix="e.g. --segment-seconds 4")
     passes = 3 if model.output_lufs is not None else 2  # match_loudness: one more pass to measure the output
-    total = frames / sr_in * passes + (rinfo.frames / rinfo.sample_rate if rinfo else 0)
-    bar = _Progress(total, f"mix {raw_path.name}", progress)
+    bar = _Progress(raw_path.name, frames / sr_in, passes, rinfo.seconds if rinfo else None, progress)
     with bar:
         # pass 1: loudness + where the singing is
+        bar.stage("loudness, segments")
         take = bool(getattr(model, "take_descriptors", False))
         ana = analyse(raw_path, info, block_size, bar, descriptors=take)
         if ana["peak"] >= 10 ** (-0.01 / 20):
@@ -428,6 +497,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         raw_segs = torch.from_numpy(_read_segments(raw_path, info, starts, seg_native, msr, 1))
         ref_segs, ref_starts = None, []
         if rinfo is not None:
+            bar.stage(f"reference {Path(reference).name}", raw_pass=False)
             rana = analyse(reference, rinfo, block_size, bar)
             rseg_native = int(round(seg_s * rinfo.sample_rate))
             ref_starts = choose_segments(rana["env_db"], rana["hop"], rinfo.frames, rseg_native, len(starts), reference)
@@ -475,6 +545,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             from mst_single.loudness import StreamingLoudness
 
             meter, streamer = StreamingLoudness(sr_in, 2), console.streamer(p_in)
+            bar.stage("output loudness")
             for _, x in _blocks(raw_path, info, block_size):
                 meter.update(streamer.process(x.mean(axis=0, keepdims=True) * gain))
                 bar.update(x.shape[1] / sr_in)
@@ -487,10 +558,13 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         streamer = console.streamer(p_in)
         import soundfile as sf
 
-        out_fmt, subtype = ("FLAC", "PCM_24") if out_path.suffix.lower() == ".flac" else ("WAV", "FLOAT")
+        out_fmt, subtype, out_kind = OUTPUT_FORMATS[out_path.suffix.lower()]
         if out_fmt == "WAV" and frames * 2 * 4 > 3.9e9:
             out_fmt = "RF64"  # plain WAV stops at 4 GB
-        peak = 0.0
+        # Counted while writing, as the file is not read back: an integer PCM output (24-bit FLAC)
+        # saturates every sample beyond full scale, a float WAV keeps it (a player or converter clips it).
+        peak, clipped, saturates = 0.0, 0, subtype != "FLOAT"
+        bar.stage(f"writing {out_path.name}")
         with contextlib.ExitStack() as stack:
             tmp_wav = stack.enter_context(fileio.atomic_path(out_path))
             tmp_json = stack.enter_context(fileio.atomic_path(json_path))
@@ -501,7 +575,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                     if not np.isfinite(y).all():
                         raise MstError(f"the chain produced NaN/Inf output near {start / sr_in:.1f} s", raw_path,
                                        "report this with the file and checkpoint; no output was written")
-                    peak = max(peak, float(np.abs(y).max()))
+                    a = np.abs(y)
+                    peak = max(peak, float(a.max()))
+                    if saturates:
+                        clipped += int(np.count_nonzero(a > 1.0))
                     f.write(y.T)
                     bar.update(x.shape[1] / sr_in)
                 written = f.frames
@@ -552,16 +629,33 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             tmp_json.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=fileio._jsonable) + "\n",
                                 encoding="utf-8")
             tmp_md.write_text(mixsheet(report), encoding="utf-8")
+    if peak > 1.0:  # after the rename: the warning is about a file that exists
+        warn_output_peak(out_path, peak, out_kind, clipped if saturates else None)
     return report
+
+
+def warn_output_peak(out_path: Path, peak: float, kind: str, clipped: int | None) -> None:
+    """A `warning:` line on stderr for an output (of `kind`, e.g. "24-bit FLAC") peaking above full
+    scale (`peak` > 1.0): `clipped` samples were saturated (integer PCM), or None: a float file kept them."""
+    db = 20 * math.log10(peak)
+    if clipped is not None:
+        what = (f"{clipped} samples (both channels counted) were clipped to full scale in the {kind}; fix: mix "
+                f"to a float WAV (-o {out_path.with_suffix('.wav')}), which keeps them, and turn it down by at least "
+                f"{db:.1f} dB before converting it")
+    else:
+        what = (f"the {kind} keeps the samples above full scale, but they may clip on playback or when converted "
+                f"to 16/24-bit or MP3; fix: turn it down by at least {db:.1f} dB before playing or converting it")
+    print(f"warning: {out_path}: the mix peaks at {db:+.2f} dBFS, above full scale: {what}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("raw", metavar="RAW", help="raw vocal (WAV/FLAC, any rate and length, mono or stereo)")
+    parser.add_argument("raw", metavar="RAW", help="raw vocal (WAV/FLAC, any rate, at least 0.4 s, mono or stereo)")
     parser.add_argument("-o", "--out", required=True, metavar="OUT",
-                        help="output WAV (stereo, input rate); also writes OUT.params.json and OUT.mixsheet.md")
+                        help="output .wav (float32) or .flac (24-bit), stereo at the input's rate; also writes "
+                             "OUT.params.json and OUT.mixsheet.md")
     parser.add_argument("--ckpt", required=True, help="checkpoint from `mst-single fit` (runs/NAME/checkpoints/*.ckpt)")
     parser.add_argument("--reference", metavar="REF", default=None,
                         help="reference mixed vocal (required for approach1 checkpoints, refused for approach2)")

@@ -158,6 +158,76 @@ def test_mix_refine_says_when_the_reference_is_not_a_mix_of_this_vocal(ckpts, tm
     assert "warning" not in capsys.readouterr().err
 
 
+def test_mix_warns_when_the_output_peaks_above_full_scale(ckpts, tmp_path, capsys, monkeypatch):
+    """A quiet tone with a 5-sample click is normalised up by the +30 dB cap, so the click lands far
+    above full scale. The 24-bit FLAC clips it and the float WAV keeps it: either way a warning names
+    the file, the peak and what happened, counted while writing (not read back)."""
+    model, _ = load_model(ckpts["approach2"])  # the cached instance mix_file gets
+    # a fixed mid-range setting: how hot the mix is does not hang on what the tiny network learnt
+    monkeypatch.setattr(model, "predict_params",
+                        lambda raw, *a, **k: torch.full((raw.shape[0], model.console.num_params), 0.5))
+    x = 0.001 * np.sin(2 * np.pi * 220 * np.arange(3 * SR) / SR)
+    x[SR:SR + 5] = 0.9
+    raw = write(tmp_path / "raw.wav", x[:, None].astype(np.float32), SR)
+    got = {}
+    for name in ("hot.flac", "hot.wav"):
+        out = tmp_path / name
+        assert cli.main(["mix", str(raw), "-o", str(out), "--ckpt", str(ckpts["approach2"]), "--quiet"]) == 0
+        report = json.loads(Path(f"{out}.params.json").read_text())
+        warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+        assert len(warnings) == 1, warnings
+        got[name] = report["output_peak_dbfs"], warnings[0]
+    peak_db, flac_warning = got["hot.flac"]
+    assert peak_db > 6  # the case is hot
+    y = sf.read(tmp_path / "hot.flac", dtype="int32")[0]
+    at_rail = int(np.count_nonzero((y == np.iinfo(np.int32).min) | (y == 0x7FFFFF00)))  # 24-bit full scale
+    assert 0 < at_rail < y.size
+    assert flac_warning == (f"warning: {tmp_path / 'hot.flac'}: the mix peaks at {peak_db:+.2f} dBFS, above full scale: "
+                            f"{at_rail} samples (both channels counted) were clipped to full scale in the 24-bit "
+                            f"FLAC; fix: mix to a float WAV (-o {tmp_path / 'hot.wav'}), which keeps them, and turn "
+                            f"it down by at least {peak_db:.1f} dB before converting it")
+    wav_peak_db, wav_warning = got["hot.wav"]
+    kept = np.abs(sf.read(tmp_path / "hot.wav", dtype="float32")[0]).max()
+    assert wav_peak_db == pytest.approx(peak_db, abs=1e-6) and 20 * math.log10(kept) == pytest.approx(peak_db, abs=1e-4)
+    assert wav_warning.startswith(f"warning: {tmp_path / 'hot.wav'}: the mix peaks at {peak_db:+.2f} dBFS, above full "
+                                  "scale: the float WAV keeps the samples above full scale, but they may clip on "
+                                  "playback")
+    assert f"fix: turn it down by at least {peak_db:.1f} dB" in wav_warning
+    # the same setting on an ordinary vocal stays below full scale: nothing to say
+    ok = write(tmp_path / "ok.wav", vocal(3.0, SR), SR)
+    assert cli.main(["mix", str(ok), "-o", str(tmp_path / "ok.flac"), "--ckpt", str(ckpts["approach2"]), "--quiet"]) == 0
+    assert json.loads((tmp_path / "ok.flac.params.json").read_text())["output_peak_dbfs"] < 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_mix_progress_counts_each_pass_and_says_so(ckpts, tmp_path, capsys, monkeypatch):
+    """mix reads RAW once per pass: the total is passes x duration (plus the reference), and the unit and
+    the description say so, instead of a 3 s file showing "6/6 s audio". Off a terminal (as here)
+    progress prints whole lines; `every_seconds=0` makes it print one per block."""
+    import functools
+
+    import mst_single.progress as progress_mod
+
+    raw = write(tmp_path / "raw.wav", vocal(3.0, SR), SR)
+    ref = write(tmp_path / "ref.wav", vocal(2.5, SR, 2, seed=1), SR)
+    mix_file(raw, tmp_path / "plain.wav", ckpts["approach2"], progress=True)
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "mix raw.wav, pass 2/2 (writing plain.wav): 6/6 s audio read in 2 passes x 3 s (100%), ")
+
+    monkeypatch.setattr(progress_mod, "progress", functools.partial(progress_mod.progress, every_seconds=0))
+    mix_file(raw, tmp_path / "o.wav", ckpts["approach1"], reference=ref, progress=True, block_size=SR)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mix raw.wav")]
+    unit = "s audio read in 2 passes x 3 s + reference 2.5 s"
+    # one line per 1 s block, each naming the pass it was read in; the last when the bar closes
+    heads = [ln.split(f" {unit} ")[0] for ln in lines]
+    pass1, reference, pass2 = ("mix raw.wav, " + s for s in ("pass 1/2 (loudness, segments)", "reference ref.wav",
+                                                             "pass 2/2 (writing o.wav)"))
+    assert heads == [f"{pass1}: 1/8.5", f"{pass1}: 2/8.5", f"{pass1}: 3/8.5", f"{reference}: 4/8.5",
+                     f"{reference}: 5/8.5", f"{reference}: 5.5/8.5", f"{pass2}: 6.5/8.5", f"{pass2}: 7.5/8.5",
+                     f"{pass2}: 8.5/8.5"], lines
+    assert f"8.5/8.5 {unit} (100%)" in lines[-1]
+
+
 @pytest.mark.slow
 def test_mix_refine_start_ridge_starts_from_the_checkpoints_style_ridge(ckpts, tmp_path, capsys):
     """model.style_ridge (e09 `ridge-start`): fitted when `fit` starts, kept in the checkpoint, the network

@@ -434,6 +434,10 @@ def test_mix_bad_raw(case, ckpts, tmp_path, workdir):
     assert code == 2, text
     assert "Traceback" not in text
     assert_names_file_and_fix(text, raw, *words)
+    # mix has one file, not a data folder's song: the data layer's "remove the song" does not apply
+    assert "raw/ and mixed/" not in text, text
+    if case in ("zero-length", "corrupt header", "non-audio"):
+        assert "pass a WAV or FLAC file" in text and "convert it" in text, text
     assert snapshot(tmp_path) == before
     assert files_under(workdir) == [], "mix wrote output although its input is unusable"
 
@@ -477,6 +481,51 @@ def test_mix_bad_reference(ckpts, mix_inputs, tmp_path, workdir):
     assert files_under(workdir) == []
 
 
+def test_mix_refuses_inputs_too_short_to_measure_their_loudness(ckpts, mix_inputs, tmp_path, workdir):
+    """Shorter than one 0.4 s BS.1770 block, a file has no integrated loudness (the meters read
+    -70 LUFS): mix used to report "input -70.0 LUFS, normalised to -23.0 LUFS (0.0 dB)" for 2 ms."""
+    import json
+
+    raw, ref = mix_inputs
+    tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR)).astype(np.float32)
+    block = int(0.4 * SR)
+    cases = [("raw", 100, "0.006 s (100 samples at 16000 Hz)"), ("raw", block - 1, "0.400 s (6399 samples"),
+             ("reference", 100, "0.006 s (100 samples at 16000 Hz)")]
+    for which, n, duration in cases:
+        short = tmp_path / f"short_{which}_{n}.wav"
+        sf.write(short, tone[:n], SR, subtype="FLOAT")
+        before = snapshot(tmp_path)
+        args = [short, "--ckpt", ckpts["approach2"]] if which == "raw" else \
+            [raw, "--ckpt", ckpts["approach1"], "--reference", short]
+        code, text = cli("mix", args[0], "-o", workdir / "out.wav", *args[1:], "--quiet")
+        assert code == 2 and "Traceback" not in text, text
+        assert_names_file_and_fix(text, short, "too short to measure its loudness", duration,
+                                  "needs at least 0.4 s", "at least 0.4 s")
+        assert snapshot(tmp_path) == before and files_under(workdir) == []
+    # one block exactly is enough: measured, not the -70 LUFS of an unmeasurable file
+    exact = tmp_path / "exact.wav"
+    sf.write(exact, tone[:block], SR, subtype="FLOAT")
+    code, text = cli("mix", exact, "-o", workdir / "out.wav", "--ckpt", ckpts["approach2"], "--quiet")
+    assert code == 0, text
+    from mst_single.loudness import integrated_loudness
+
+    lufs = json.loads((workdir / "out.wav.params.json").read_text())["input_lufs"]
+    assert lufs == pytest.approx(integrated_loudness(tone[:block], SR), abs=0.01) and lufs > -40, lufs
+
+
+def test_mix_unreadable_reference_says_what_to_do_with_that_file(ckpts, mix_inputs, tmp_path, workdir):
+    raw, _ = mix_inputs
+    ref = tmp_path / "ref.wav"
+    ref.write_text("these are my lyrics, not audio\n" * 20)
+    before = snapshot(tmp_path)
+    code, text = cli("mix", raw, "-o", workdir / "mixed.wav", "--ckpt", ckpts["approach1"], "--reference", ref,
+                     "--quiet")
+    assert code == 2 and "Traceback" not in text, text
+    assert_names_file_and_fix(text, ref, "not an audio file", "pass a WAV or FLAC file", "convert it")
+    assert "raw/ and mixed/" not in text, text
+    assert snapshot(tmp_path) == before and files_under(workdir) == []
+
+
 @pytest.mark.parametrize("where", ["under a regular file", "/proc"])
 def test_mix_output_folder_not_writable(where, ckpts, mix_inputs, tmp_path, workdir):
     """As root, chmod does not stop writes: the output goes under a regular FILE (no folder can be
@@ -491,6 +540,45 @@ def test_mix_output_folder_not_writable(where, ckpts, mix_inputs, tmp_path, work
     assert code == 2, text
     assert "Traceback" not in text and str(out.parent) in text and "fix" in text.lower(), text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["mp3", "no extension", "existing folder"])
+def test_mix_refuses_an_output_it_cannot_write_before_any_work(case, mix_inputs, tmp_path, workdir, monkeypatch):
+    """-o is checked before the checkpoint or the audio is read: a .mp3 used to get a float WAV under
+    that name, and a folder failed only at the rename, after the whole mix."""
+    import mst_single.mix as mix
+
+    def too_late(*a, **k):
+        raise AssertionError("mix loaded the checkpoint before refusing -o")
+
+    monkeypatch.setattr(mix, "load_model", too_late)
+    raw, _ = mix_inputs
+    if case == "mp3":
+        out, words = workdir / "out" / "x.mp3", ["'.mp3'", ".wav (float32)", str(workdir / "out" / "x.wav")]
+    elif case == "no extension":
+        out, words = workdir / "out" / "x", ["no extension", str(workdir / "out" / "x.flac")]
+    else:
+        out, words = workdir / "mixes", ["existing folder", str(workdir / "mixes" / "mix.wav")]
+        out.mkdir()
+        (out / "old.wav").write_bytes(b"an earlier mix")
+    before = snapshot(workdir)
+    code, text = cli("mix", raw, "-o", out, "--ckpt", tmp_path / "never_read.ckpt", "--quiet")
+    assert code == 2, text
+    assert "Traceback" not in text and text.startswith(f"error: {out}: "), text
+    assert_names_file_and_fix(text, out, *words)
+    assert snapshot(workdir) == before
+
+
+def test_mix_output_extension_is_case_insensitive_and_side_files_need_room(tmp_path):
+    from mst_single.errors import MstError
+    from mst_single.mix import check_output
+
+    for name in ("a.wav", "a.WAV", "a.Flac"):
+        check_output(tmp_path / name)  # accepted: no error
+    (tmp_path / "a.wav.params.json").mkdir()
+    with pytest.raises(MstError, match="a folder is in the way of the output's .params.json file") as e:
+        check_output(tmp_path / "a.wav")
+    assert str(tmp_path / "a.wav.params.json") in str(e.value)
 
 
 def test_mix_refuses_to_overwrite_its_input(ckpts, mix_inputs, tmp_path, workdir):
