@@ -32,6 +32,7 @@ import json
 import math
 import re
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -368,6 +369,20 @@ def _same_mean(ds, key, va: list[float], vb: list[float], rel_tol: float) -> dic
                 allowed=bounds[why], why=why, n_a=n_a, n_b=n_b, ok=bool(same))
 
 
+def mixed_rate_warnings(per_path: list[tuple[Path, list[dict]]]) -> list[str]:
+    """A warning per data set whose run folders (bare ``fit`` runs, read from their config.yaml) were
+    trained at different sample rates: one table would rank losses computed on different signals."""
+    rates: dict[str, dict[int, list[str]]] = {}
+    for path, part in per_path:
+        sr = (_read_yaml(path / "config.yaml").get("data") or {}).get("sample_rate") if path.is_dir() else None
+        if sr and part:
+            rates.setdefault(part[0]["data"], {}).setdefault(int(sr), []).append(path.name)
+    return [f"warning: runs on data `{data}` were trained at different sample rates ("
+            + "; ".join(f"{sr} Hz: {', '.join(names)}" for sr, names in sorted(by.items()))
+            + "): their losses are measured on different signals, so one table does not rank them"
+            for data, by in rates.items() if len(by) > 1]
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="results folders, experiment folders or run folders")
@@ -407,7 +422,10 @@ def run(args) -> int:
             runs = online_runs(args.wandb, args.group)
         rows = rows_from_wandb(runs, args.group)
     elif args.paths:
-        rows = [r for p in args.paths for r in rows_from_path(p)]
+        per_path = [(Path(p), rows_from_path(p)) for p in args.paths]
+        rows = [r for _, part in per_path for r in part]
+        for line in mixed_rate_warnings(per_path):
+            print(line, file=sys.stderr)
     else:
         raise MstError("nothing to compare", fix="pass results/run folders, or --wandb ENTITY/PROJECT --group G")
     rows, dropped = dedupe(rows)

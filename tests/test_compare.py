@@ -255,3 +255,19 @@ def test_wandb_without_login_or_network_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(MstError, match="cannot read W&B project 'me/proj'") as e:
         cli(["--wandb", "me/proj", "--group", "e01"])
     assert "wandb login" in str(e.value) and "--wandb RESULTS_FOLDER" in str(e.value)
+
+
+def test_run_folders_trained_at_different_sample_rates_are_flagged(tmp_path, capsys):
+    def run(name, sr, loss):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.yaml").write_text(f"model: {{approach: approach2}}\ndata: {{root: /x/demo, sample_rate: {sr}}}\n")
+        (folder / "metrics.csv").write_text(f"step,val/loss\n3,{loss}\n")
+        return str(folder)
+
+    a, b, c = run("a2-16k", 16000, 0.9), run("a2-48k", 48000, 0.7), run("a2-48k-b", 48000, 0.8)
+    assert cli([a, b, c]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: runs on data `demo` were trained at different sample rates (16000 Hz: a2-16k; "
+            "48000 Hz: a2-48k, a2-48k-b)") in err and "one table does not rank them" in err
+    assert cli([b, c]) == 0 and "warning" not in capsys.readouterr().err
