@@ -274,13 +274,19 @@ def _audio_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+_FIX_LAYOUT = "put the vocals in DATA/raw/NAME.wav and DATA/mixed/NAME.wav (same NAME for a pair)"
+
+
 def find_pairs(root: str | os.PathLike) -> tuple[list[SongPair], list[Path], list[Path]]:
     """(pairs sorted by name, files only in raw/, files only in mixed/); DataError for a bad folder."""
     root = Path(root)
+    if not root.exists():
+        raise DataError("the data folder does not exist", root, "check the path; " + _FIX_LAYOUT)
+    if not root.is_dir():
+        raise DataError("this is a file, not a data folder", root, "pass the folder that holds raw/ and mixed/")
     for sub in ("raw", "mixed"):
         if not (root / sub).is_dir():
-            raise DataError(f"the data folder has no '{sub}/' sub-folder", root,
-                            "put the vocals in DATA/raw/NAME.wav and DATA/mixed/NAME.wav (same NAME for a pair)")
+            raise DataError(f"the data folder has no '{sub}/' sub-folder", root, _FIX_LAYOUT)
     raw, mixed = _audio_files(root / "raw"), _audio_files(root / "mixed")
     if not raw:
         raise DataError("no .wav or .flac files in raw/", root / "raw", "put the raw vocals there as NAME.wav")

@@ -78,7 +78,14 @@ def test_warnings_clipping_lag_edge_short_mixed(tmp_path, capsys):
 
 def test_missing_folder_exit_2(tmp_path, capsys):
     code, out, err = _check(capsys, tmp_path / "nope")
-    assert code == 2 and "no 'raw/' sub-folder" in err and str(tmp_path / "nope") in err
+    assert code == 2 and f"{tmp_path / 'nope'}: the data folder does not exist" in err
+    assert "fix: check the path" in err and "sub-folder" not in err
+    (tmp_path / "data.wav").write_bytes(b"RIFF")
+    code, out, err = _check(capsys, tmp_path / "data.wav")
+    assert code == 2 and f"{tmp_path / 'data.wav'}: this is a file, not a data folder" in err and "fix:" in err
+    (tmp_path / "mixed").mkdir()
+    code, out, err = _check(capsys, tmp_path)
+    assert code == 2 and f"{tmp_path}: the data folder has no 'raw/' sub-folder" in err
 
 
 def test_console_entry_point(tmp_path):
