@@ -277,6 +277,31 @@ def _audio_files(folder: Path) -> dict[str, Path]:
 _FIX_LAYOUT = "put the vocals in DATA/raw/NAME.wav and DATA/mixed/NAME.wav (same NAME for a pair)"
 
 
+def ignored_files(root: str | os.PathLike) -> list[Path]:
+    """What pairing skips in `root/raw` and `root/mixed` although it is not hidden: files of another
+    format (.mp3, .ogg, .aiff, ...), sub-folders (only the files directly in raw/ and mixed/ are read)
+    and dangling links."""
+    out = []
+    for sub in ("raw", "mixed"):
+        folder = Path(root) / sub
+        if folder.is_dir():
+            out += [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")
+                    and (not p.is_file() or p.suffix.lower() not in AUDIO_SUFFIXES)]
+    return out
+
+
+def ignored_reason(path: Path) -> str:
+    """Why `ignored_files` lists `path`, with the fix."""
+    if path.is_dir():
+        return (f"a folder inside {path.parent.name}/: ignored (only the files directly in raw/ and mixed/ are "
+                "read; move the songs up if they belong to the data)")
+    if not path.is_file():
+        return "a link to nothing, or not a regular file: ignored (fix the link, or copy the file there)"
+    formats = " and ".join(s.lstrip(".").upper() for s in AUDIO_SUFFIXES)
+    return (f"not a {' or '.join(AUDIO_SUFFIXES)} file: ignored (only {formats} are read; convert it if it is a "
+            "vocal of the data)")
+
+
 def find_pairs(root: str | os.PathLike) -> tuple[list[SongPair], list[Path], list[Path]]:
     """(pairs sorted by name, files only in raw/, files only in mixed/); DataError for a bad folder."""
     root = Path(root)
@@ -288,10 +313,12 @@ def find_pairs(root: str | os.PathLike) -> tuple[list[SongPair], list[Path], lis
         if not (root / sub).is_dir():
             raise DataError(f"the data folder has no '{sub}/' sub-folder", root, _FIX_LAYOUT)
     raw, mixed = _audio_files(root / "raw"), _audio_files(root / "mixed")
-    if not raw:
-        raise DataError("no .wav or .flac files in raw/", root / "raw", "put the raw vocals there as NAME.wav")
-    if not mixed:
-        raise DataError("no .wav or .flac files in mixed/", root / "mixed", "put the mixed vocals there as NAME.wav")
+    for sub, found in (("raw", raw), ("mixed", mixed)):
+        if not found:
+            other = [p.name for p in ignored_files(root) if p.parent.name == sub and p.is_file()]
+            also = f" (other formats are not read: {', '.join(other[:5])}{' ...' if len(other) > 5 else ''})" * bool(other)
+            raise DataError(f"no .wav or .flac files in {sub}/{also}", root / sub,
+                            f"put the {sub} vocals there as NAME.wav or NAME.flac")
     pairs = [SongPair(n, str(raw[n]), str(mixed[n])) for n in sorted(raw) if n in mixed]
     return pairs, [raw[n] for n in sorted(set(raw) - set(mixed))], [mixed[n] for n in sorted(set(mixed) - set(raw))]
 
@@ -303,6 +330,11 @@ def index_pairs(root: str | os.PathLike, allow_unmatched: bool = False) -> list[
     `allow_unmatched=True`, are skipped with a warning.
     """
     pairs, only_raw, only_mixed = find_pairs(root)
+    ignored = ignored_files(root)
+    if ignored:
+        # pairing skips them; without a word the user believes those songs are in the data
+        lines = "\n".join(f"  {p}: {ignored_reason(p)}" for p in ignored)
+        warnings.warn(f"{root}: {len(ignored)} entries of raw/ and mixed/ are ignored:\n{lines}", stacklevel=2)
     if only_raw or only_mixed:
         lines = [f"  raw/{p.name}: no mixed/{p.stem}.wav or .flac" for p in only_raw]
         lines += [f"  mixed/{p.name}: no raw/{p.stem}.wav or .flac" for p in only_mixed]

@@ -206,6 +206,18 @@ def test_unmatched_names_all_listed(tmp_path):
     assert [p.name for p in pairs] == ["song00", "song01"]
 
 
+def test_ignored_files_are_named_when_songs_are_indexed(tmp_path):
+    make_vocal_data(tmp_path, songs=2, seconds=3)
+    (tmp_path / "raw" / "take.ogg").write_bytes(b"OggS")
+    (tmp_path / "mixed" / "take.aiff").write_bytes(b"FORM")
+    with pytest.warns(UserWarning, match="2 entries of raw/ and mixed/ are ignored") as w:
+        pairs = index_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["song00", "song01"]
+    msg = str(w[0].message)
+    assert f"{tmp_path / 'raw' / 'take.ogg'}: not a .wav or .flac file" in msg and "take.aiff" in msg
+    assert "only WAV and FLAC are read" in msg
+
+
 @pytest.mark.parametrize("layout,words", [("missing", "no 'raw/' sub-folder"),
                                           ("empty", "no .wav or .flac files in raw/")])
 def test_bad_folder(tmp_path, layout, words):
