@@ -323,11 +323,12 @@ def find_pairs(root: str | os.PathLike) -> tuple[list[SongPair], list[Path], lis
     return pairs, [raw[n] for n in sorted(set(raw) - set(mixed))], [mixed[n] for n in sorted(set(mixed) - set(raw))]
 
 
-def index_pairs(root: str | os.PathLike, allow_unmatched: bool = False) -> list[SongPair]:
+def index_pairs(root: str | os.PathLike, allow_unmatched: bool = False, skip_hint: str | None = None) -> list[SongPair]:
     """Pair `root/raw/NAME.*` with `root/mixed/NAME.*`, sorted by name.
 
     Names on one side only raise a DataError listing every one of them, or, with
-    `allow_unmatched=True`, are skipped with a warning.
+    `allow_unmatched=True`, are skipped with a warning. `skip_hint` ends the error's fix with how the
+    calling command skips them (e.g. "pass --allow-unmatched to skip them"); None where it cannot.
     """
     pairs, only_raw, only_mixed = find_pairs(root)
     ignored = ignored_files(root)
@@ -340,8 +341,9 @@ def index_pairs(root: str | os.PathLike, allow_unmatched: bool = False) -> list[
         lines += [f"  mixed/{p.name}: no raw/{p.stem}.wav or .flac" for p in only_mixed]
         msg = f"{len(lines)} song names have no partner file:\n" + "\n".join(lines)
         if not allow_unmatched or not pairs:
-            raise DataError(msg, root, "rename the files so each raw/NAME has a mixed/NAME, "
-                                       "or pass --allow-unmatched (allow_unmatched: true) to skip them")
+            fix = "rename the files so each raw/NAME has a mixed/NAME, or remove those without a partner"
+            # each command skips them its own way (or not at all): naming another command's flag misleads
+            raise DataError(msg, root, fix + (f"; or {skip_hint}" if skip_hint and not allow_unmatched else ""))
         warnings.warn(f"{root}: skipping {msg}", stacklevel=2)
     return pairs
 
@@ -585,18 +587,18 @@ def _cache_key(pair: SongPair, sample_rate: int, max_lag_seconds: float) -> str:
 
 def index_songs(root: str | os.PathLike, sample_rate: int = 48000, max_lag_seconds: float = 0.5,
                 allow_unmatched: bool = False, cache_dir: str | os.PathLike | None = None,
-                progress: bool = True) -> list[SongInfo]:
+                progress: bool = True, skip_hint: str | None = None) -> list[SongInfo]:
     """Pair, validate and align every song of `root`; each song is analysed once.
 
     Results are memoised in this process and, if `cache_dir` is given, in
     `cache_dir/alignment.json` (keyed by path, size and mtime of both files, rate and lag window),
     so a second run or another split does not re-read the audio. Nothing is written next to the
-    data. All unusable songs are reported together in one DataError.
+    data. All unusable songs are reported together in one DataError. `skip_hint`: see `index_pairs`.
     """
     from mst_single.fileio import write_json
     from mst_single.progress import progress as progress_bar
 
-    pairs = index_pairs(root, allow_unmatched)
+    pairs = index_pairs(root, allow_unmatched, skip_hint)
     cache_path = Path(cache_dir) / "alignment.json" if cache_dir else None
     disk: dict = {}
     if cache_path and cache_path.exists():

@@ -66,6 +66,10 @@ def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
+# how `mst-single fit` (LightningCLI over VocalDataModule) skips songs with only a raw or only a mixed file
+FIT_SKIP_HINT = "pass --data.allow_unmatched true (data.allow_unmatched: true in a config) to skip them"
+
+
 def read_param_targets(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
     """A parameter-targets file -> (parameter names, {song: (P,) float32 in [0, 1]}).
 
@@ -182,7 +186,8 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
         if songs is None:
             if root is None:
                 raise ValueError("pass root or songs")
-            every = index_songs(root, sample_rate, max_lag_seconds, allow_unmatched, cache_dir)
+            every = index_songs(root, sample_rate, max_lag_seconds, allow_unmatched, cache_dir,
+                                skip_hint="pass allow_unmatched=True to skip them")
             songs = split_songs(every, split_seed, val_fraction, test_fraction, split_file)[split]
         if any(s.sample_rate != int(sample_rate) for s in songs):
             raise ValueError("songs were analysed at another sample_rate; index them with this one")
@@ -352,7 +357,8 @@ class VocalDataModule(pl.LightningDataModule):
         """Index, validate and align every song (once), split them and build the datasets."""
         h = self.hparams
         if self.splits is None:
-            songs = index_songs(h.root, h.sample_rate, h.max_lag_seconds, h.allow_unmatched, h.cache_dir)
+            songs = index_songs(h.root, h.sample_rate, h.max_lag_seconds, h.allow_unmatched, h.cache_dir,
+                                skip_hint=FIT_SKIP_HINT)
             for s in songs:
                 if s.raw_peak_db is not None and s.raw_peak_db >= -0.01:
                     warnings.warn(f"{s.raw_path}: peak {s.raw_peak_db:+.2f} dBFS: the raw vocal is probably clipped; "
