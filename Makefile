@@ -25,11 +25,14 @@ demo: $(VENV)/.installed
 
 # The demo data on which one preset is not enough (issue 10; README "Demo data"): 48 songs x 15 s per
 # style, a few seconds a song on one core. adaptive: settings follow the take; per-song: settings independent of the take.
+# Rerunning rewrites the same files; other DEMO_SONGS / DEMO_SECONDS over folders made before are refused
+# unless DEMO_FORCE=--force (which replaces that demo data; files demo-data did not write are never touched).
 DEMO_SONGS ?= 48
 DEMO_SECONDS ?= 15
+DEMO_FORCE ?=
 demo-data: $(VENV)/.installed
-	$(BIN)/mst-single demo-data data/demo-adaptive --style adaptive --songs $(DEMO_SONGS) --seconds $(DEMO_SECONDS) --seed 0
-	$(BIN)/mst-single demo-data data/demo-per-song --style per-song --songs $(DEMO_SONGS) --seconds $(DEMO_SECONDS) --seed 0
+	$(BIN)/mst-single demo-data data/demo-adaptive --style adaptive --songs $(DEMO_SONGS) --seconds $(DEMO_SECONDS) --seed 0 $(DEMO_FORCE)
+	$(BIN)/mst-single demo-data data/demo-per-song --style per-song --songs $(DEMO_SONGS) --seconds $(DEMO_SECONDS) --seed 0 $(DEMO_FORCE)
 	$(BIN)/mst-single check-data data/demo-adaptive
 	$(BIN)/mst-single check-data data/demo-per-song
 

@@ -277,36 +277,76 @@ def _audio_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+_FIX_LAYOUT = "put the vocals in DATA/raw/NAME.wav and DATA/mixed/NAME.wav (same NAME for a pair)"
+
+
+def ignored_files(root: str | os.PathLike) -> list[Path]:
+    """What pairing skips in `root/raw` and `root/mixed` although it is not hidden: files of another
+    format (.mp3, .ogg, .aiff, ...), sub-folders (only the files directly in raw/ and mixed/ are read)
+    and dangling links."""
+    out = []
+    for sub in ("raw", "mixed"):
+        folder = Path(root) / sub
+        if folder.is_dir():
+            out += [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")
+                    and (not p.is_file() or p.suffix.lower() not in AUDIO_SUFFIXES)]
+    return out
+
+
+def ignored_reason(path: Path) -> str:
+    """Why `ignored_files` lists `path`, with the fix."""
+    if path.is_dir():
+        return (f"a folder inside {path.parent.name}/: ignored (only the files directly in raw/ and mixed/ are "
+                "read; move the songs up if they belong to the data)")
+    if not path.is_file():
+        return "a link to nothing, or not a regular file: ignored (fix the link, or copy the file there)"
+    formats = " and ".join(s.lstrip(".").upper() for s in AUDIO_SUFFIXES)
+    return (f"not a {' or '.join(AUDIO_SUFFIXES)} file: ignored (only {formats} are read; convert it if it is a "
+            "vocal of the data)")
+
+
 def find_pairs(root: str | os.PathLike) -> tuple[list[SongPair], list[Path], list[Path]]:
     """(pairs sorted by name, files only in raw/, files only in mixed/); DataError for a bad folder."""
     root = Path(root)
+    if not root.exists():
+        raise DataError("the data folder does not exist", root, "check the path; " + _FIX_LAYOUT)
+    if not root.is_dir():
+        raise DataError("this is a file, not a data folder", root, "pass the folder that holds raw/ and mixed/")
     for sub in ("raw", "mixed"):
         if not (root / sub).is_dir():
-            raise DataError(f"the data folder has no '{sub}/' sub-folder", root,
-                            "put the vocals in DATA/raw/NAME.wav and DATA/mixed/NAME.wav (same NAME for a pair)")
+            raise DataError(f"the data folder has no '{sub}/' sub-folder", root, _FIX_LAYOUT)
     raw, mixed = _audio_files(root / "raw"), _audio_files(root / "mixed")
-    if not raw:
-        raise DataError("no .wav or .flac files in raw/", root / "raw", "put the raw vocals there as NAME.wav")
-    if not mixed:
-        raise DataError("no .wav or .flac files in mixed/", root / "mixed", "put the mixed vocals there as NAME.wav")
+    for sub, found in (("raw", raw), ("mixed", mixed)):
+        if not found:
+            other = [p.name for p in ignored_files(root) if p.parent.name == sub and p.is_file()]
+            also = f" (other formats are not read: {', '.join(other[:5])}{' ...' if len(other) > 5 else ''})" * bool(other)
+            raise DataError(f"no .wav or .flac files in {sub}/{also}", root / sub,
+                            f"put the {sub} vocals there as NAME.wav or NAME.flac")
     pairs = [SongPair(n, str(raw[n]), str(mixed[n])) for n in sorted(raw) if n in mixed]
     return pairs, [raw[n] for n in sorted(set(raw) - set(mixed))], [mixed[n] for n in sorted(set(mixed) - set(raw))]
 
 
-def index_pairs(root: str | os.PathLike, allow_unmatched: bool = False) -> list[SongPair]:
+def index_pairs(root: str | os.PathLike, allow_unmatched: bool = False, skip_hint: str | None = None) -> list[SongPair]:
     """Pair `root/raw/NAME.*` with `root/mixed/NAME.*`, sorted by name.
 
     Names on one side only raise a DataError listing every one of them, or, with
-    `allow_unmatched=True`, are skipped with a warning.
+    `allow_unmatched=True`, are skipped with a warning. `skip_hint` ends the error's fix with how the
+    calling command skips them (e.g. "pass --allow-unmatched to skip them"); None where it cannot.
     """
     pairs, only_raw, only_mixed = find_pairs(root)
+    ignored = ignored_files(root)
+    if ignored:
+        # pairing skips them; without a word the user believes those songs are in the data
+        lines = "\n".join(f"  {p}: {ignored_reason(p)}" for p in ignored)
+        warnings.warn(f"{root}: {len(ignored)} entries of raw/ and mixed/ are ignored:\n{lines}", stacklevel=2)
     if only_raw or only_mixed:
         lines = [f"  raw/{p.name}: no mixed/{p.stem}.wav or .flac" for p in only_raw]
         lines += [f"  mixed/{p.name}: no raw/{p.stem}.wav or .flac" for p in only_mixed]
         msg = f"{len(lines)} song names have no partner file:\n" + "\n".join(lines)
         if not allow_unmatched or not pairs:
-            raise DataError(msg, root, "rename the files so each raw/NAME has a mixed/NAME, "
-                                       "or pass --allow-unmatched (allow_unmatched: true) to skip them")
+            fix = "rename the files so each raw/NAME has a mixed/NAME, or remove those without a partner"
+            # each command skips them its own way (or not at all): naming another command's flag misleads
+            raise DataError(msg, root, fix + (f"; or {skip_hint}" if skip_hint and not allow_unmatched else ""))
         warnings.warn(f"{root}: skipping {msg}", stacklevel=2)
     return pairs
 
@@ -550,18 +590,18 @@ def _cache_key(pair: SongPair, sample_rate: int, max_lag_seconds: float) -> str:
 
 def index_songs(root: str | os.PathLike, sample_rate: int = 48000, max_lag_seconds: float = 0.5,
                 allow_unmatched: bool = False, cache_dir: str | os.PathLike | None = None,
-                progress: bool = True) -> list[SongInfo]:
+                progress: bool = True, skip_hint: str | None = None) -> list[SongInfo]:
     """Pair, validate and align every song of `root`; each song is analysed once.
 
     Results are memoised in this process and, if `cache_dir` is given, in
     `cache_dir/alignment.json` (keyed by path, size and mtime of both files, rate and lag window),
     so a second run or another split does not re-read the audio. Nothing is written next to the
-    data. All unusable songs are reported together in one DataError.
+    data. All unusable songs are reported together in one DataError. `skip_hint`: see `index_pairs`.
     """
     from mst_single.fileio import write_json
     from mst_single.progress import progress as progress_bar
 
-    pairs = index_pairs(root, allow_unmatched)
+    pairs = index_pairs(root, allow_unmatched, skip_hint)
     cache_path = Path(cache_dir) / "alignment.json" if cache_dir else None
     disk: dict = {}
     if cache_path and cache_path.exists():

@@ -9,7 +9,7 @@ import argparse
 import math
 import sys
 
-from mst_single.audio import find_pairs, prepare_song, wav_declared_frames
+from mst_single.audio import find_pairs, ignored_files, ignored_reason, prepare_song, wav_declared_frames
 from mst_single.errors import DataError
 
 CLIP_DB = -0.01  # a peak at or above this (dBFS) is treated as clipped
@@ -73,6 +73,8 @@ def run(args) -> int:
     problems = [(level, str(p), f"no mixed/{p.stem}.wav or .flac partner" + fix * (level == "error")) for p in only_raw]
     problems += [(level, str(p), f"no raw/{p.stem}.wav or .flac partner" + fix * (level == "error"))
                  for p in only_mixed]
+    ignored = ignored_files(args.data)
+    problems += [("warning", str(p), ignored_reason(p)) for p in ignored]
 
     head = ("song", "dur s", "raw Hz", "mix Hz", "raw ch", "mix ch", "lag ms", "raw LUFS", "mix LUFS",
             "raw pk dBFS", "mix pk dBFS")
@@ -108,5 +110,5 @@ def run(args) -> int:
         for lvl, path, msg in problems:
             print(f"  {lvl.upper():7s} {path}: {msg}")
     print(f"\n{len(pairs)} pairs, {usable} usable, {len(pairs) - usable} unusable, "
-          f"{len(only_raw) + len(only_mixed)} unmatched files")
+          f"{len(only_raw) + len(only_mixed)} unmatched files, {len(ignored)} ignored")
     return 1 if errors else 0

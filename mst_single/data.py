@@ -66,12 +66,20 @@ def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
+# Targets come from either command; a hint that names only ablate leaves a user who ran `targets` lost.
+MAKE_TARGETS = ("`mst-single targets DATA -o TARGETS.json` (add the options you made them with), or rerun "
+                "`mst-single ablate` if they are its per-fold targets")
+# how `mst-single fit` (LightningCLI over VocalDataModule) skips songs with only a raw or only a mixed file
+FIT_SKIP_HINT = "pass --data.allow_unmatched true (data.allow_unmatched: true in a config) to skip them"
+
+
 def read_param_targets(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
     """A parameter-targets file -> (parameter names, {song: (P,) float32 in [0, 1]}).
 
     JSON ``{"names": [P names], "params": {song: [P values in [0, 1]]}}``: each training song's
-    oracle setting (``mst-single ablate`` fits them with the oracle baseline and writes one file per
-    fold holding the fold's training and validation songs only, never its test songs).
+    oracle setting (``mst-single targets`` fits them for every song of a folder; ``mst-single ablate``
+    fits them with the oracle baseline and writes one file per fold holding the fold's training and
+    validation songs only, never its test songs).
     """
     try:
         d = json.loads(Path(path).read_text())
@@ -83,7 +91,7 @@ def read_param_targets(path: str | os.PathLike) -> tuple[list[str], dict[str, np
     for k, v in params.items():
         if v.shape != (len(names),) or not np.all(np.isfinite(v)) or v.min() < 0 or v.max() > 1:
             raise DataError(f"the target of song '{k}' is not {len(names)} finite values in [0, 1]", path,
-                            "refit the targets (rerun `mst-single ablate`)")
+                            f"remake them with {MAKE_TARGETS}")
     return names, params
 
 
@@ -192,7 +200,8 @@ class VocalReferenceDataset(torch.utils.data.Dataset):
         if songs is None:
             if root is None:
                 raise ValueError("pass root or songs")
-            every = index_songs(root, sample_rate, max_lag_seconds, allow_unmatched, cache_dir)
+            every = index_songs(root, sample_rate, max_lag_seconds, allow_unmatched, cache_dir,
+                                skip_hint="pass allow_unmatched=True to skip them")
             songs = split_songs(every, split_seed, val_fraction, test_fraction, split_file)[split]
         if any(s.sample_rate != int(sample_rate) for s in songs):
             raise ValueError("songs were analysed at another sample_rate; index them with this one")
@@ -365,7 +374,8 @@ class VocalDataModule(pl.LightningDataModule):
         """Index, validate and align every song (once), split them and build the datasets."""
         h = self.hparams
         if self.splits is None:
-            songs = index_songs(h.root, h.sample_rate, h.max_lag_seconds, h.allow_unmatched, h.cache_dir)
+            songs = index_songs(h.root, h.sample_rate, h.max_lag_seconds, h.allow_unmatched, h.cache_dir,
+                                skip_hint=FIT_SKIP_HINT)
             for s in songs:
                 if s.raw_peak_db is not None and s.raw_peak_db >= -0.01:
                     warnings.warn(f"{s.raw_path}: peak {s.raw_peak_db:+.2f} dBFS: the raw vocal is probably clipped; "
@@ -387,8 +397,10 @@ class VocalDataModule(pl.LightningDataModule):
                 if missing:
                     raise DataError(f"{len(missing)} {split} songs have no parameter target: "
                                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", h.param_targets,
-                                    "the targets belong to another split or data folder: refit them (rerun "
-                                    "`mst-single ablate`), or unset data.param_targets")
+                                    "the targets were made for another data folder or split: remake them for "
+                                    f"this one with `mst-single targets {h.root} -o {h.param_targets}` (add the "
+                                    "options you made them with), or rerun `mst-single ablate` if they are its "
+                                    "per-fold targets; or unset data.param_targets")
         for split in SPLITS:
             if split not in self.datasets and self.splits[split]:
                 ds = self.datasets[split] = VocalReferenceDataset(

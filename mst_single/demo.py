@@ -35,6 +35,11 @@ Layout written::
     OUT/manifest.json    sha256 of every file above, a coarse fingerprint of each WAV (equal
                          across CPUs, see `same_audio`) and the library versions that made them
 
+An OUT that already holds files is written only when they are an earlier run's output of the same
+command, unchanged since (manifest.json records both), so that rerunning a command is harmless;
+``--force`` replaces another demo run's files. demo-data never overwrites or deletes a file it did
+not write (hidden files, which the data layer skips too, are left alone).
+
 Both are 24-bit PCM (what a producer delivers; it also exercises the loader's integer path) and the
 mix is rendered from the raw file's own samples as read back, so the pair is exactly consistent.
 The same seed gives byte-identical files on one machine; song i is the same whatever ``songs`` is.
@@ -46,7 +51,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +318,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and how well a random segment of each raw vocal predicts each adaptive rule's setting")
     parser.add_argument("--segment-seconds", type=float, default=2.0,
                         help="segment length for --describe (s, default 2)")
+    parser.add_argument("--force", action="store_true",
+                        help="OUT holds demo data made with other arguments: replace it, deleting the earlier "
+                             "run's songs this one does not make. Files demo-data did not write (or that changed "
+                             "since) are never overwritten or deleted")
 
 
 def run(args) -> int:
@@ -320,19 +332,22 @@ def run(args) -> int:
         print(describe(args.out, segment_seconds=args.segment_seconds, seed=args.seed))
         return 0
     out = make_demo_data(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed,
-                         sample_rate=args.sample_rate, style=args.style)
+                         sample_rate=args.sample_rate, style=args.style, force=args.force)
     print(f"wrote {args.songs} {args.style} songs to {out}/raw, {out}/mixed, {out}/truth.json and {out}/manifest.json")
     return 0
 
 
 def make_demo_data(out, songs: int = 48, seconds: float = 15.0, seed: int = 0, sample_rate: int = 48000,
-                   style: str = "house") -> Path:
+                   style: str = "house", force: bool = False) -> Path:
     """Write the demo data set to ``out`` and return ``out`` as a Path.
 
     Song ``i`` is ``song{i:03d}_{voice}``; voices cycle through :data:`mst_single.synth.VOICES`. Its
     raw vocal uses ``default_rng([seed, i, 0])``, its mix settings ``default_rng([seed, i, 1])`` and
     (adaptive, per-song) its varied voice and take ``default_rng([seed, i, 2])``, so song i is the
     same whatever ``songs`` is. ``house`` writes exactly what the original demo wrote.
+
+    An existing ``out`` must hold nothing but an earlier run's output of these same arguments,
+    unchanged (see :func:`check_out_folder`); ``force`` replaces another run's demo data.
     """
     import soundfile as sf
 
@@ -352,12 +367,21 @@ def make_demo_data(out, songs: int = 48, seconds: float = 15.0, seed: int = 0, s
     _pedalboard()  # fail before writing anything if the extra is missing
 
     names = list(VOICES)
+    song_names = [f"song{i:03d}_{VOICES[names[i % len(names)]].name}" for i in range(songs)]
+    written = [f"{d}/{n}.wav" for n in song_names for d in ("raw", "mixed")] + ["truth.json"]
+    generator = dict(style=style, songs=songs, seconds=seconds, seed=seed, sample_rate=sample_rate)
+    stale, left = check_out_folder(out, generator, written, force)
+    for f in stale:
+        (out / f).unlink()
+    if stale:
+        print(f"{out}: deleted {_files(stale)} of the earlier demo run that this one does not make", file=sys.stderr)
+    # Recorded before any audio is written: a run cut off midway is still recognised as this
+    # command's output, so rerunning the command (make demo) completes it instead of being refused.
+    write_json(out / MANIFEST, {"algorithm": "sha256", "generator": generator, "files": dict.fromkeys(written)})
     truth_songs = {}
-    written = []
     for i in progress(range(songs), desc=f"{style} demo songs", unit="song"):
         voice = VOICES[names[i % len(names)]]
-        name = f"song{i:03d}_{voice.name}"
-        written += [f"raw/{name}.wav", f"mixed/{name}.wav"]
+        name = song_names[i]
         if style != "house":
             truth_songs[name] = _console_style_song(out, name, i, voice, style, seconds, seed, sample_rate)
             continue
@@ -401,10 +425,111 @@ def make_demo_data(out, songs: int = 48, seconds: float = 15.0, seed: int = 0, s
         truth = {"style": style, "sample_rate": int(sample_rate), "seed": int(seed), "seconds": float(seconds),
                  "chain": console_chain(style), "songs": truth_songs}
     write_json(out / "truth.json", truth)
-    written.append("truth.json")
-    write_json(out / "manifest.json", manifest(out, written, style=style, songs=songs, seconds=seconds,
-                                                seed=seed, sample_rate=sample_rate))
+    write_json(out / MANIFEST, manifest(out, written, **generator))
+    if left:
+        print(f"warning: {out}: left {_files(left)} that demo-data did not write (or that changed since) in "
+              f"place: {_some(left)}; they are not part of the demo data", file=sys.stderr)
     return out
+
+
+MANIFEST = "manifest.json"
+# demo-data's arguments as they are spelled on the command line (what a refusal names)
+_FLAGS = {"style": "--style", "songs": "--songs", "seconds": "--seconds", "seed": "--seed",
+          "sample_rate": "--sample-rate"}
+
+
+def _files(paths: list) -> str:
+    return f"{len(paths)} file" + "s" * (len(paths) != 1)
+
+
+def _some(paths: list[str], n: int = 5) -> str:
+    return ", ".join(paths[:n]) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def _present(out: Path) -> list[str]:
+    """Every non-hidden file under ``out`` (relative POSIX paths), and every symlink to a folder as
+    ``NAME/`` (not followed: whatever it points to is not ours to write into)."""
+    found = []
+    for folder, dirs, files in os.walk(out):
+        rel = Path(folder).relative_to(out)
+        links = [d for d in dirs if os.path.islink(os.path.join(folder, d)) and not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in links]
+        found += [(rel / f).as_posix() for f in files if not f.startswith(".")]
+        found += [(rel / d).as_posix() + "/" for d in links]
+    return sorted(found)
+
+
+def _sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:  # a dangling symlink or an unreadable file: not what demo-data wrote
+        return None
+    return h.hexdigest()
+
+
+def _earlier_run(out: Path) -> tuple[dict | None, dict]:
+    """(arguments, {file: sha256, or None while that run had not finished it}) of the demo-data run
+    whose manifest.json is in ``out``; (None, {}) without a readable demo-data manifest."""
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+        generator, files = m["generator"], m["files"]
+        if not (isinstance(generator, dict) and isinstance(files, dict)
+                and all(isinstance(v, (str, type(None))) for v in files.values())):
+            return None, {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
+    return generator, {**files, MANIFEST: None}
+
+
+def check_out_folder(out, generator: dict, written: list[str], force: bool = False) -> tuple[list[str], list[str]]:
+    """Whether demo-data with arguments ``generator`` may write ``written`` (and manifest.json) into
+    ``out``: (stale files to delete, files to leave in place), or MstError naming ``out``.
+
+    Without ``force``, ``out`` must be missing, empty, or hold only files that an earlier run with
+    the same arguments wrote (its manifest.json's sha256, or the file listed but not yet hashed by
+    a run cut off midway). With ``force``, the demo files of an earlier run with other arguments
+    are replaced and those this run does not make deleted, so raw/, mixed/ and truth.json agree
+    again; any other file is left in place. Never, even with ``force``, is a file overwritten or
+    deleted that demo-data did not write or that changed since (the user's own recordings may carry
+    a demo song's name). Hidden files are ignored: demo-data never writes one, and the data layer
+    skips them.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MstError("the output folder exists as a file", out, "pass a folder path (missing or empty) as OUT")
+    present = _present(out) if out.is_dir() else []
+    if not present:
+        return [], []
+    ours = set(written) | {MANIFEST}
+    earlier, record = _earlier_run(out)
+    mine, foreign = [], []  # files an earlier demo-data run wrote, unchanged since; all others
+    for f in present:
+        unchanged = f in record and not f.endswith("/") and record[f] in (None, _sha256(out / f))
+        (mine if unchanged else foreign).append(f)
+    blocked = [f for f in foreign if f in ours or any(w.startswith(f.rstrip("/") + "/") for w in ours)]
+    if blocked:
+        raise MstError(f"holds {_files(blocked)} that demo-data would overwrite but did not write, or that "
+                       f"changed since it wrote them: {_some(blocked)}", out,
+                       "pass another folder as OUT, or move those files out of it (demo-data never overwrites "
+                       "them, not even with --force)")
+    same = earlier is not None and set(earlier) == set(generator) and all(earlier[k] == generator[k] for k in generator)
+    if not force and (foreign or not same):
+        if foreign:
+            problem = f"holds {_files(foreign)} that demo-data did not write: {_some(foreign)}"
+        elif set(earlier) != set(generator):
+            problem = f"holds demo data whose {MANIFEST} does not record the arguments it was made with"
+        else:
+            diff = [f"{_FLAGS[k]} {earlier[k]}" for k in generator if earlier[k] != generator[k]]
+            now = [f"{_FLAGS[k]} {generator[k]}" for k in generator if earlier[k] != generator[k]]
+            problem = f"holds demo data made with {' '.join(diff)}, not {' '.join(now)}"
+        raise MstError(problem, out, "pass another folder as OUT, or --force to replace the demo data there "
+                                     "(files demo-data did not write are left untouched)")
+    stale = [f for f in mine if f not in ours and record[f] is not None]
+    left = [f for f in present if f not in ours and f not in stale]
+    return stale, left
 
 
 def _console_style_song(out: Path, name: str, i: int, voice, style: str, seconds: float, seed: int,

@@ -36,6 +36,12 @@ from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
 from mst_single.style import RIDGE_FEATURES
 
+# Parameter targets come from two commands; naming only ablate strands the user who made them with `targets`.
+TARGETS_FROM = "`mst-single targets DATA -o TARGETS.json` makes them for a folder; `mst-single ablate` fits its own per fold"
+REFIT_FOR_CONSOLE = ("refit them for this model's console: `mst-single targets DATA -o TARGETS.json --sample-rate RATE` "
+                     "fits the console with every stage on; for a model with stages off (model.stages), rerun "
+                     "`mst-single ablate`, which fits the stages each variant trains")
+
 
 class VocalMST(pl.LightningModule):
     """Controller + console + loss, for Approach 1 (reference-based) or Approach 2 (house style).
@@ -300,13 +306,11 @@ class VocalMST(pl.LightningModule):
             if names is None:
                 raise MstError(f"model.param_loss_weight is {self.param_loss_weight:g} but the data has no "
                                "parameter targets", fix="set data.param_targets to a JSON of oracle settings "
-                               "(`mst-single targets DATA -o T.json`; `mst-single ablate` writes one per fold), "
-                               "or model.param_loss_weight: 0")
+                               f"({TARGETS_FROM}), or model.param_loss_weight: 0")
             if list(names) != self.param_names:
                 raise MstError("the parameter targets were fitted for another console (parameter names differ: "
                                f"{len(names)} vs {len(self.param_names)})", where,
-                               "refit them with this model's stages and sample rate (`mst-single targets`, or "
-                               "rerun `mst-single ablate`)")
+                               REFIT_FOR_CONSOLE)
             from mst_single.data import param_targets_fitted_at
 
             at = param_targets_fitted_at(where) if where else {}
@@ -360,10 +364,10 @@ class VocalMST(pl.LightningModule):
         if targets is None or len(songs) < 3:
             raise MstError("model.descriptor_init is 'ridge' but there are no parameter targets for >= 3 training songs "
                            "to fit the map to", getattr(getattr(dm, "hparams", None), "param_targets", None),
-                           "set data.param_targets (`mst-single ablate` fits them), or model.descriptor_init: zero")
+                           f"set data.param_targets ({TARGETS_FROM}), or model.descriptor_init: zero")
         if list(dm.param_target_names) != self.param_names:
             raise MstError("the parameter targets were fitted for another console (parameter names differ)",
-                           dm.hparams.param_targets, "refit them with this model's stages and sample rate (rerun `mst-single ablate`)")
+                           dm.hparams.param_targets, REFIT_FOR_CONSOLE)
         d = torch.from_numpy(np.stack([song_descriptors(s) for s in songs]))
         z = self._descriptors(d, len(songs)).double().numpy()
         W, b, lam = ridge_logits(z, targets)
@@ -423,7 +427,7 @@ class VocalMST(pl.LightningModule):
         if stage == "train" and self.global_step < self.param_warmup_steps:
             if has_tp is None:
                 raise MstError("model.param_warmup_steps needs parameter targets, but the batch has none",
-                               fix="set data.param_targets (`mst-single ablate` fits them), or param_warmup_steps: 0")
+                               fix=f"set data.param_targets ({TARGETS_FROM}), or param_warmup_steps: 0")
             output, losses = None, {}
         else:
             output = self.console(x, p)

@@ -43,10 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="songs fitted at once, each in its own process (e.g. the CPU cores; same results)")
     parser.add_argument("--cache-dir", default=None, help="per-song fit cache (default: OUTPUT's folder/.cache/oracle)")
+    parser.add_argument("--allow-unmatched", action="store_true",
+                        help="skip names with only a raw or only a mixed file (a warning) instead of failing; "
+                             "`fit` on the same folder then needs --data.allow_unmatched true")
 
 
 def make_targets(root, *, sample_rate: int = 48000, target_lufs: float = -23.0, prior_weight: float = PRIOR_WEIGHT,
-                 settings: dict | None = None, seed: int = 0, cache_dir=None, jobs: int = 1) -> dict:
+                 settings: dict | None = None, seed: int = 0, cache_dir=None, jobs: int = 1,
+                 allow_unmatched: bool = False) -> dict:
     """The targets JSON (``{"names": [P], "params": {song: [P] in [0, 1]}}``, what
     ``data.read_param_targets`` reads) of every song of ``root``; see the module docstring."""
     from mst_single.audio import index_songs
@@ -58,7 +62,8 @@ def make_targets(root, *, sample_rate: int = 48000, target_lufs: float = -23.0, 
         raise DataError(f"--prior-weight {prior_weight!r} is negative", None, f"e.g. --prior-weight {PRIOR_WEIGHT}")
     if jobs < 1:  # before the songs are analysed, which takes a while on a few hundred
         raise DataError(f"--jobs {jobs}: at least 1 song must be fitted at a time", None, "e.g. --jobs 2")
-    songs = index_songs(root, sample_rate=sample_rate)
+    songs = index_songs(root, sample_rate=sample_rate, allow_unmatched=allow_unmatched,
+                        skip_hint="pass --allow-unmatched to skip them")
     if prior_weight > 0 and len(songs) < 3:
         raise DataError(f"{len(songs)} song(s): the prior (a median fit) needs at least 3", root,
                         "add pairs, or --prior-weight 0 for the plain fits")
@@ -84,7 +89,7 @@ def run(args) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else out.parent / ".cache" / "oracle"
     targets = make_targets(args.data, sample_rate=args.sample_rate, target_lufs=args.target_lufs,
                            prior_weight=args.prior_weight, settings={"max_steps": args.max_steps}, seed=args.seed,
-                           cache_dir=cache, jobs=args.jobs)
+                           cache_dir=cache, jobs=args.jobs, allow_unmatched=args.allow_unmatched)
     write_json(out, targets)
     print(f"wrote {out}: {len(targets['params'])} songs x {len(targets['names'])} parameters (fits cached in {cache})")
     return 0

@@ -132,6 +132,29 @@ def test_budgets_cpu_is_44k_with_folds_and_budgets_reach_model_keys():
     assert oracle["restarts"] >= 2 and oracle["patience"] > 0 and oracle["max_steps"] > oracle["patience"]
 
 
+def test_unmatched_files_hint_the_budget_override_that_skips_them(tmp_path):
+    import soundfile as sf
+    from conftest import make_vocal_data, synth_vocal
+
+    data = make_vocal_data(tmp_path / "data", songs=4, seconds=2)
+    sf.write(data / "raw" / "lonely.wav", synth_vocal(2.0, 16000), 16000)
+    folder = write_experiment(tmp_path / "exp", data)
+    with pytest.raises(MstError) as e:
+        runner.make_plan(parse([folder, "--budget", "test", "--data", f"x={data}"]))
+    msg = str(e.value)
+    assert "raw/lonely.wav" in msg and "--allow-unmatched" not in msg  # ablate has no such flag
+    hint = f"add `budgets: {{test: {{overrides: {{data.allow_unmatched: true}}}}}}` to {folder / 'config.yaml'}"
+    assert hint in msg
+    # what the hint says works: every unit skips the unmatched name
+    text = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(text.replace("      data.sample_rate: 16000\n",
+                                                     "      data.sample_rate: 16000\n      data.allow_unmatched: true\n"))
+    with pytest.warns(UserWarning, match="lonely"):
+        plan = runner.make_plan(parse([folder, "--budget", "test", "--data", f"x={data}"]))
+    assert plan.units and all(u.config["data"]["allow_unmatched"] is True for u in plan.units)
+    assert not any("lonely" in n for f in plan.splits["x"].values() for part in f.values() for n in part)
+
+
 def test_variant_overrides_go_deep_and_win_over_the_budget():
     exp = C.load_experiment(EXPERIMENTS / "e03-loss")
     l1 = C.variant_config(exp, "l1-only", "smoke", "d")

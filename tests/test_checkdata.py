@@ -78,7 +78,38 @@ def test_warnings_clipping_lag_edge_short_mixed(tmp_path, capsys):
 
 def test_missing_folder_exit_2(tmp_path, capsys):
     code, out, err = _check(capsys, tmp_path / "nope")
-    assert code == 2 and "no 'raw/' sub-folder" in err and str(tmp_path / "nope") in err
+    assert code == 2 and f"{tmp_path / 'nope'}: the data folder does not exist" in err
+    assert "fix: check the path" in err and "sub-folder" not in err
+    (tmp_path / "data.wav").write_bytes(b"RIFF")
+    code, out, err = _check(capsys, tmp_path / "data.wav")
+    assert code == 2 and f"{tmp_path / 'data.wav'}: this is a file, not a data folder" in err and "fix:" in err
+    (tmp_path / "mixed").mkdir()
+    code, out, err = _check(capsys, tmp_path)
+    assert code == 2 and f"{tmp_path}: the data folder has no 'raw/' sub-folder" in err
+
+
+def test_unsupported_formats_and_sub_folders_are_reported_as_ignored(tmp_path, capsys):
+    root = make_vocal_data(tmp_path, songs=2, seconds=5)
+    (root / "raw" / "take3.ogg").write_bytes(b"OggS vorbis")
+    (root / "mixed" / "take3.MP3").write_bytes(b"ID3 mp3")
+    (root / "raw" / "old takes").mkdir()
+    (root / "raw" / ".DS_Store").write_bytes(b"")  # hidden: skipped without a word, as before
+    code, out, _ = _check(capsys, root, "--sample-rate", SR)
+    assert code == 0  # warnings only: the two pairs are usable
+    for p in (root / "raw" / "take3.ogg", root / "mixed" / "take3.MP3"):
+        assert f"WARNING {p}: not a .wav or .flac file: ignored (only WAV and FLAC are read" in out
+    assert f"WARNING {root / 'raw' / 'old takes'}: a folder inside raw/: ignored" in out
+    assert ".DS_Store" not in out
+    assert "2 pairs, 2 usable, 0 unusable, 0 unmatched files, 3 ignored" in out
+
+
+def test_only_unsupported_formats_names_them(tmp_path, capsys):
+    for sub in ("raw", "mixed"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "song.mp3").write_bytes(b"ID3")
+    code, _, err = _check(capsys, tmp_path)
+    assert code == 2
+    assert f"{tmp_path / 'raw'}: no .wav or .flac files in raw/ (other formats are not read: song.mp3)" in err
 
 
 def test_console_entry_point(tmp_path):

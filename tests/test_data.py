@@ -200,10 +200,40 @@ def test_unmatched_names_all_listed(tmp_path):
     msg = str(e.value)
     assert "3 song names have no partner" in msg
     assert "raw/only_raw1.wav: no mixed/only_raw1" in msg and "raw/only_raw2.flac: no mixed/only_raw2" in msg
-    assert "mixed/only_mixed.wav: no raw/only_mixed" in msg and "--allow-unmatched" in msg
+    assert "mixed/only_mixed.wav: no raw/only_mixed" in msg
+    # no command's flag is named unless the caller says how it skips them
+    assert "fix: rename the files so each raw/NAME has a mixed/NAME, or remove those without a partner" in msg
+    assert "allow" not in msg
+    with pytest.raises(DataError, match=r"without a partner; or pass --skip-them to skip them$"):
+        index_pairs(tmp_path, skip_hint="pass --skip-them to skip them")
     with pytest.warns(UserWarning, match="only_raw1"):
         pairs = index_pairs(tmp_path, allow_unmatched=True)
     assert [p.name for p in pairs] == ["song00", "song01"]
+
+
+def test_fit_data_module_names_its_own_unmatched_flag(tmp_path):
+    from mst_single.data import VocalDataModule
+
+    make_vocal_data(tmp_path, songs=2, seconds=3)
+    sf.write(tmp_path / "raw" / "lonely.wav", synth_vocal(3.0, SR), SR)
+    with pytest.raises(DataError) as e:
+        VocalDataModule(str(tmp_path), sample_rate=SR).setup()
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "raw/lonely.wav" in msg
+    assert "pass --data.allow_unmatched true (data.allow_unmatched: true in a config) to skip them" in msg
+    assert "--allow-unmatched" not in msg
+
+
+def test_ignored_files_are_named_when_songs_are_indexed(tmp_path):
+    make_vocal_data(tmp_path, songs=2, seconds=3)
+    (tmp_path / "raw" / "take.ogg").write_bytes(b"OggS")
+    (tmp_path / "mixed" / "take.aiff").write_bytes(b"FORM")
+    with pytest.warns(UserWarning, match="2 entries of raw/ and mixed/ are ignored") as w:
+        pairs = index_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["song00", "song01"]
+    msg = str(w[0].message)
+    assert f"{tmp_path / 'raw' / 'take.ogg'}: not a .wav or .flac file" in msg and "take.aiff" in msg
+    assert "only WAV and FLAC are read" in msg
 
 
 @pytest.mark.parametrize("layout,words", [("missing", "no 'raw/' sub-folder"),

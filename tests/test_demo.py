@@ -157,6 +157,119 @@ def test_cli(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# an existing OUT: only this command's own earlier output is rewritten
+
+TINY = ["--seconds", "2", "--sample-rate", "16000"]
+
+
+def _demo(out, *args):
+    from mst_single.cli import main
+
+    return main(["demo-data", str(out), *TINY, *map(str, args)])
+
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_own_files_are_refused_and_untouched_even_with_force(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "raw").mkdir(parents=True)
+    sf.write(out / "raw" / "song000_bass.wav", np.full(16000, 0.1, np.float32), 16000)  # the user's own take
+    (out / "notes.txt").write_text("my session notes")
+    before = _snapshot(out)
+    assert _demo(out, "--songs", 1) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds 1 file that demo-data would overwrite but did not write" in err
+    assert "raw/song000_bass.wav" in err and "fix: pass another folder" in err and "not even with --force" in err
+    assert _demo(out, "--songs", 1, "--force") == 2
+    assert _snapshot(out) == before
+    assert not (out / "mixed").exists() and not (out / "manifest.json").exists()
+
+
+def test_other_files_are_refused_without_force_and_left_with_it(tmp_path, capsys):
+    out = tmp_path / "d"
+    (out / "raw").mkdir(parents=True)
+    (out / "raw" / "mysong.wav").write_bytes(b"RIFF my own take")
+    (out / ".DS_Store").write_bytes(b"finder")  # hidden: the data layer skips it, so does demo-data
+    assert _demo(out, "--songs", 1) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds 1 file that demo-data did not write: raw/mysong.wav" in err and "--force" in err
+    assert _files(out) == [".DS_Store", "raw/mysong.wav"]
+    assert _demo(out, "--songs", 1, "--force") == 0
+    assert "left 1 file that demo-data did not write" in capsys.readouterr().err
+    assert (out / "raw" / "mysong.wav").read_bytes() == b"RIFF my own take"
+    assert (out / ".DS_Store").read_bytes() == b"finder"
+    assert (out / "mixed" / "song000_bass.wav").is_file()
+
+
+def test_rerunning_the_same_command_is_accepted_and_identical(tmp_path):
+    out = tmp_path / "d"
+    assert _demo(out, "--songs", 2, "--style", "per-song") == 0
+    first = _snapshot(out)
+    (out / ".mixed.wav.part").write_bytes(b"")  # what a killed write leaves: hidden, ignored
+    assert _demo(out, "--songs", 2, "--style", "per-song") == 0
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith(".")} == first
+
+
+def test_other_arguments_are_refused_without_force(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert _demo(out, "--songs", 3) == 0
+    before = _snapshot(out)
+    for args in (["--songs", 2], ["--songs", 3, "--seed", 1], ["--songs", 3, "--style", "adaptive"]):
+        assert _demo(out, *args) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: holds demo data made with" in err and "fix: pass another folder as OUT, or --force" in err
+    assert "made with --songs 3, not --songs 2" in _demo_err(out, capsys, "--songs", 2)
+    assert _snapshot(out) == before
+
+
+def _demo_err(out, capsys, *args):
+    assert _demo(out, *args) == 2
+    return capsys.readouterr().err
+
+
+def test_force_replaces_an_earlier_demo_run_and_deletes_its_other_songs(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert _demo(out, "--songs", 3) == 0
+    changed = out / "mixed" / "song002_tenor.wav"
+    changed.write_bytes(changed.read_bytes()[:-3] + b"abc")  # edited since: never deleted
+    assert _demo(out, "--songs", 1, "--force") == 0
+    err = capsys.readouterr().err
+    assert "deleted 3 files of the earlier demo run" in err and "left 1 file" in err and "song002_tenor" in err
+    assert _files(out) == ["manifest.json", "mixed/song000_bass.wav", "mixed/song002_tenor.wav",
+                           "raw/song000_bass.wav", "truth.json"]
+    assert list(_truth(out)["songs"]) == ["song000_bass"]
+    assert json.loads((out / "manifest.json").read_text())["generator"]["songs"] == 1
+
+
+def test_a_run_cut_off_midway_is_completed_by_the_same_command(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "d"
+    real, calls = demo._actual_settings, []
+
+    def interrupted(settings):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(settings)
+
+    monkeypatch.setattr(demo, "_actual_settings", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.make_demo_data(out, songs=2, seconds=2.0, sample_rate=16000)
+    monkeypatch.setattr(demo, "_actual_settings", real)
+    assert (out / "raw" / "song001_baritone.wav").exists() and not (out / "truth.json").exists()
+    assert "made with --songs 2, not --songs 1" in _demo_err(out, capsys, "--songs", 1)
+    assert _demo(out, "--songs", 2) == 0
+    assert list(_truth(out)["songs"]) == ["song000_bass", "song001_baritone"]
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert "the output folder exists as a file" in _demo_err(tmp_path / "f", capsys, "--songs", 1)
+    assert (tmp_path / "f").read_text() == "x"
+
+
+# ---------------------------------------------------------------------------------------------
 # the synthesiser sounds like a voice: measurable properties
 
 FS = 16000

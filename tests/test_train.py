@@ -358,7 +358,7 @@ def test_param_targets_add_an_l1_term_toward_each_songs_oracle_setting(demo_root
     assert aux.controller.encoder.proj[0].weight.grad.abs().sum() > 0
 
 
-def test_param_targets_errors_name_the_file(demo_root, tmp_path):
+def test_param_targets_errors_name_the_file(demo_root, tmp_path, capsys):
     from mst_single.data import VocalDataModule, read_param_targets
     from mst_single.errors import DataError
 
@@ -367,22 +367,33 @@ def test_param_targets_errors_name_the_file(demo_root, tmp_path):
     with pytest.raises(DataError, match="bad.json"):
         read_param_targets(bad)
     bad.write_text(json.dumps({"names": ["a", "b"], "params": {"s": [0.5, 1.5]}}))
-    with pytest.raises(DataError, match="song 's' is not 2 finite values in"):
+    with pytest.raises(DataError, match="song 's' is not 2 finite values in") as e:
         read_param_targets(bad)
+    assert "remake them with `mst-single targets DATA -o TARGETS.json`" in str(e.value)
+    assert "or rerun `mst-single ablate` if they are its per-fold targets" in str(e.value)
     few = tmp_path / "few.json"
     few.write_text(json.dumps({"names": ["a"], "params": {"nobody": [0.5]}}))
     dm = VocalDataModule(str(demo_root), sample_rate=SR, segment_seconds=1.0, val_fraction=0.2, test_fraction=0.2,
                          param_targets=str(few))
     with pytest.raises(DataError, match="few.json") as e:
         dm.setup()
-    assert "have no parameter target" in str(e.value)
+    # made by `mst-single targets` for another folder, or by ablate for a fold: both commands are named
+    msg = str(e.value)
+    assert "have no parameter target" in msg and "made for another data folder or split" in msg
+    assert f"`mst-single targets {demo_root} -o {few}`" in msg and "rerun `mst-single ablate`" in msg
     # a run asking for the auxiliary loss with no targets, or targets of another console, stops with the fix
     args = ["fit", "-c", str(CONFIGS / "approach2.yaml"), *tiny_args(demo_root, tmp_path / "runs", epochs=1),
             "--wandb", "false", "--model.param_loss_weight", "1.0"]
+    capsys.readouterr()
     assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no parameter targets" in err and "`mst-single targets DATA -o TARGETS.json` makes them" in err
     songs = sorted(p.stem for p in (demo_root / "raw").iterdir())
     few.write_text(json.dumps({"names": ["a"], "params": {s: [0.5] for s in songs}}))
     assert cli_main(args + ["--data.param_targets", str(few)]) == 2
+    err = capsys.readouterr().err
+    assert "fitted for another console" in err and "`mst-single targets DATA -o TARGETS.json --sample-rate" in err
+    assert "rerun `mst-single ablate`" in err
 
 
 def test_synthetic_references_replace_target_reference_and_setting_for_approach1_training_only():

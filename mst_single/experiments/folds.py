@@ -63,11 +63,11 @@ def hash_split(names: list[str], settings: dict) -> dict:
     return {k: [p.name for p in v] for k, v in parts.items()}
 
 
-def song_names(root: Path, allow_unmatched: bool = False) -> list[str]:
-    """The song names (file stems) of a data folder, sorted."""
+def song_names(root: Path, allow_unmatched: bool = False, skip_hint: str | None = None) -> list[str]:
+    """The song names (file stems) of a data folder, sorted (``skip_hint``: see ``audio.index_pairs``)."""
     from mst_single.audio import index_pairs
 
-    return sorted(p.name for p in index_pairs(root, allow_unmatched))
+    return sorted(p.name for p in index_pairs(root, allow_unmatched, skip_hint))
 
 
 def splits(names: list[str], settings: dict, folds: int) -> dict[int, dict]:

@@ -148,7 +148,10 @@ def make_plan(args) -> Plan:
 
     splits, split_files, all_splits = {}, {}, {}
     for d in used:
-        names = F.song_names(data[d]["folder"], settings["allow_unmatched"])
+        # ablate has no flag for it: the budget's overrides reach every variant's data settings
+        skip = (f"add `budgets: {{{budget}: {{overrides: {{data.allow_unmatched: true}}}}}}` to "
+                f"{folder / C.CONFIG_NAME} to skip them")
+        names = F.song_names(data[d]["folder"], settings["allow_unmatched"], skip)
         splits[d] = all_splits[d] = F.splits(names, dict(settings, root=str(data[d]["folder"])), k)
         if args.fold is not None:
             if args.fold not in splits[d]:
