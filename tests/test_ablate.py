@@ -644,6 +644,32 @@ def test_fit_setting_stops_when_converged_and_reports_the_steps():
     assert capped.stopped_by == "max_steps" and capped.steps == 5
 
 
+def test_a_lucky_first_batch_does_not_stop_the_mean_preset_early(monkeypatch):
+    from mst_single.experiments import baselines as B
+
+    console, raw, target = _toy_problem()
+    # the first batch is the easiest: its loss is a best the later (noisier) ones never beat
+    losses = iter([0.1] + [1.0] * 100)
+
+    def lucky(out, _target):
+        return {"loss": out.mean() * 0 + next(losses)}
+
+    _, early = B.fit_setting(console, lambda step: (raw, target), max_steps=60, lr=0.1, patience=10, min_delta=1e-3,
+                             loss_fn=lucky, progress=False)
+    assert early.stopped_by == "converged" and early.steps == 11
+    losses = iter([0.1] + [1.0] * 100)
+    _, waited = B.fit_setting(console, lambda step: (raw, target), max_steps=60, lr=0.1, patience=10, min_delta=1e-3,
+                              loss_fn=lucky, progress=False, min_steps=20)
+    assert waited.stopped_by == "converged" and waited.steps == 20
+    # the mean preset waits for twice its patience; the oracle's fits (cached per song) are unchanged
+    seen = {}
+    monkeypatch.setattr(B, "fit_setting", lambda *a, **k: seen.update(k) or (None, None))
+    monkeypatch.setattr("mst_single.data.VocalReferenceDataset", lambda **k: None)
+    B.fit_mean_preset(console, [], target_lufs=-23.0, budget=dict(max_steps=60, patience=10, min_delta=1e-3, lr=0.1,
+                                                                  batch_size=2, segment_seconds=0.5), progress=False)
+    assert seen["min_steps"] == 20 and seen["patience"] == 10
+
+
 def test_the_oracle_fits_with_restarts_picks_the_best_on_the_whole_song_and_is_cached(make_data, tmp_path, monkeypatch):
     from mst_single.console import VocalConsole
     from mst_single.data import index_songs
