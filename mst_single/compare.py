@@ -76,13 +76,20 @@ def rows_from_run_folder(folder: Path) -> list[dict]:
             raise MstError("no eval.json and no metrics.csv in this run folder", folder,
                            "pass a run folder written by `mst-single fit` or `mst-single ablate`")
         metrics_csv = found[-1]
-    last: dict[str, float] = {}
-    with open(metrics_csv, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):  # Lightning's CSV logger: one sparse row per log step
-            for k, v in r.items():
-                if k and k.startswith(("val/", "test/")) and k.count("/") == 1 and v not in ("", None):
-                    last[k] = float(v)
+    last = _last_eval_values(metrics_csv)
+    if not last:  # a fit without validation songs: `mst-single test` of its checkpoint logs under test/
+        for sub in ("test", "validate"):
+            if (folder / sub / "metrics.csv").is_file():
+                last = _last_eval_values(folder / sub / "metrics.csv")
+                if last:
+                    break
     if not last:
+        if (cfg.get("data") or {}).get("val_fraction") == 0:  # waiting would not help: no validation ever
+            raise MstError("its metrics.csv has no val/* or test/* values, and the run has no validation songs "
+                           "(data.val_fraction 0)", metrics_csv,
+                           f"score its test songs (logged under {folder / 'test'}): mst-single test -c "
+                           f"{folder / 'config.yaml'} --ckpt_path {folder / 'checkpoints' / 'last.ckpt'}; "
+                           "or evaluate whole songs with `mst-single ablate`")
         raise MstError("its metrics.csv has no val/* or test/* values yet", metrics_csv,
                        "let the run reach a validation step, or pass a results folder")
     data = (cfg.get("data") or {}).get("root")
@@ -90,6 +97,17 @@ def rows_from_run_folder(folder: Path) -> list[dict]:
                 variant=variant, approach=(cfg.get("model") or {}).get("approach", NONE), policy=NONE,
                 eval_policy=NONE, fold=m.group(1) if m and m.group(1) else "0", seed=seed, song="mean")
     return [dict(base, metric=k, value=v) for k, v in sorted(last.items())]
+
+
+def _last_eval_values(metrics_csv: Path) -> dict[str, float]:
+    """The last value of each ``val/<metric>`` / ``test/<metric>`` of a Lightning metrics.csv."""
+    last: dict[str, float] = {}
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):  # Lightning's CSV logger: one sparse row per log step
+            for k, v in r.items():
+                if k and k.startswith(("val/", "test/")) and k.count("/") == 1 and v not in ("", None):
+                    last[k] = float(v)
+    return last
 
 
 def _read_yaml(path: Path) -> dict:

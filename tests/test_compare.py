@@ -271,3 +271,16 @@ def test_run_folders_trained_at_different_sample_rates_are_flagged(tmp_path, cap
     assert ("warning: runs on data `demo` were trained at different sample rates (16000 Hz: a2-16k; "
             "48000 Hz: a2-48k, a2-48k-b)") in err and "one table does not rank them" in err
     assert cli([b, c]) == 0 and "warning" not in capsys.readouterr().err
+
+
+def test_a_run_without_validation_songs_is_read_from_its_test_scores(tmp_path, capsys):
+    run = tmp_path / "a1-noval"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {approach: approach1}\ndata: {root: /x/demo, val_fraction: 0}\n")
+    (run / "metrics.csv").write_text("step,train/loss\n0,1.5\n1,1.2\n")
+    with pytest.raises(MstError, match=r"no validation songs \(data.val_fraction 0\)") as e:
+        compare.rows_from_path(run)
+    assert f"mst-single test -c {run / 'config.yaml'} --ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in str(e.value)
+    (run / "test").mkdir()
+    (run / "test" / "metrics.csv").write_text("step,test/mrstft,test/loss\n1,0.8,0.9\n")
+    assert {(r["metric"], r["value"]) for r in compare.rows_from_path(run)} == {("test/mrstft", 0.8), ("test/loss", 0.9)}
