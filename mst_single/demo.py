@@ -661,7 +661,6 @@ def manifest(root, files, **generator) -> dict:
     """sha256 of ``files`` (paths relative to ``root``), the `audio_fingerprint` of each WAV, plus
     what made them: the arguments, the versions of the libraries that decide the bytes (numpy,
     scipy, pedalboard, soundfile, torch) and the CPU (machine and numpy's SIMD features)."""
-    import hashlib
     import importlib.metadata as md
     import platform
 
@@ -679,7 +678,7 @@ def manifest(root, files, **generator) -> dict:
     simd = sorted(k for k, on in features.items() if on)
     return {"algorithm": "sha256", "generator": generator, "versions": versions,
             "platform": {"machine": platform.machine(), "numpy_simd": " ".join(simd)},
-            "files": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in sorted(files)},
+            "files": {f: _sha256(root / f) for f in sorted(files)},
             "fingerprints": {f: audio_fingerprint(root / f) for f in sorted(files) if f.endswith(".wav")}}
 
 
