@@ -14,6 +14,7 @@ from mst_single.errors import DataError
 
 CLIP_DB = -0.01  # a peak at or above this (dBFS) is treated as clipped
 MIN_LAG_SCORE = 1.5  # below this the correlation peak is not clearly above the next candidate
+FULL_BAND_HZ = 32000  # the console's top EQ bands reach 16 kHz: a file below this rate has nothing up there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,21 @@ def song_warnings(info, max_lag_seconds: float) -> list[tuple[str, str, str]]:
         if declared is not None and declared > frames:
             out.append(("warning", path, f"the file is truncated: its header declares {declared / sr_in:.2f} s "
                                          f"but only {frames / sr_in:.2f} s are there (only those are used)"))
+    low = min(info.raw_sr, info.mixed_sr)
+    if low < min(FULL_BAND_HZ, sr):
+        if info.raw_sr < info.mixed_sr:
+            out.append(("warning", info.raw_path,
+                        f"raw is {info.raw_sr} Hz, mixed {info.mixed_sr} Hz: the mix has content from "
+                        f"{info.raw_sr / 2000:g} to {min(info.mixed_sr, sr) / 2000:g} kHz that the raw lacks and no "
+                        "console setting can make, so the loss always sees it; use a raw recorded at the mix's "
+                        "rate, or resample the mix to the raw's"))
+        else:
+            path = info.mixed_path if info.mixed_sr < info.raw_sr else info.raw_path
+            out.append(("warning", path,
+                        f"{'mixed' if info.mixed_sr < info.raw_sr else 'both files'} at {low} Hz: nothing above "
+                        f"{low / 2000:g} kHz, where the console's top EQ bands (up to 16 kHz) would be fitted to "
+                        f"silence; train on such pairs at their rate (fit --data.sample_rate {low}) or use "
+                        "full-band files"))
     raw_s, mixed_s = info.raw_frames / info.raw_sr, info.mixed_frames / info.mixed_sr
     if mixed_s < raw_s - 1.0:
         out.append(("warning", info.mixed_path, f"mixed is {raw_s - mixed_s:.1f} s shorter than raw ({mixed_s:.1f} s "

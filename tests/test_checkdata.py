@@ -76,6 +76,25 @@ def test_warnings_clipping_lag_edge_short_mixed(tmp_path, capsys):
     assert f"WARNING {cut}: the file is truncated: its header declares 6.60 s but only 5.00 s" in out
 
 
+def test_band_limited_files_are_named(tmp_path, capsys):
+    # the console's top EQ bands reach 16 kHz: an 8 kHz file has nothing above 4 kHz, and a raw narrower than
+    # its mix leaves a band that no setting can make
+    raw8, raw32 = synth_vocal(6.0, 8000, seed=1), synth_vocal(6.0, 32000, seed=1)
+    narrow_raw, _ = write_pair(tmp_path, "narrow_raw", raw8, process_mix(raw32, 32000), 8000, 32000)
+    _, narrow_mix = write_pair(tmp_path, "narrow_mix", raw32, process_mix(raw8, 8000), 32000, 8000)
+    both, _ = write_pair(tmp_path, "both_narrow", raw8, process_mix(raw8, 8000), 8000)
+    write_pair(tmp_path, "full", raw32, process_mix(raw32, 32000), 32000)
+    code, out, _ = _check(capsys, tmp_path, "--sample-rate", 32000)
+    assert code == 0
+    assert f"WARNING {narrow_raw}: raw is 8000 Hz, mixed 32000 Hz: the mix has content from 4 to 16 kHz" in out
+    assert f"WARNING {narrow_mix}: mixed at 8000 Hz: nothing above 4 kHz" in out
+    assert f"WARNING {both}: both files at 8000 Hz: nothing above 4 kHz" in out and "--data.sample_rate 8000" in out
+    assert "full.wav:" not in out  # 32 kHz files reach 16 kHz: no warning
+    # at an 8 kHz analysis rate the same files are full band for that rate
+    code, out, _ = _check(capsys, tmp_path, "--sample-rate", 8000)
+    assert "nothing above" not in out and "that the raw lacks" not in out
+
+
 def test_missing_folder_exit_2(tmp_path, capsys):
     code, out, err = _check(capsys, tmp_path / "nope")
     assert code == 2 and f"{tmp_path / 'nope'}: the data folder does not exist" in err
