@@ -133,10 +133,30 @@ class RunCheckpoint(ModelCheckpoint):
         if not self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._no_val = _no_val_songs(trainer)
+        if self._no_val and trainer.is_global_zero:
+            print(f"fit: no validation songs (data.val_fraction or the split file leaves none): no val/loss, so no "
+                  f"best-*.ckpt; checkpoints/last.ckpt is the model", flush=True)
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        # without validation songs there is nothing to rank by: Lightning would warn about the missing
+        # val/loss at every save instead
+        if getattr(self, "_no_val", False) and self.monitor not in monitor_candidates:
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def _ensure_last(self, trainer: pl.Trainer) -> None:
         # skipped when this step was already saved (top-k and last written by the parent)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _no_val_songs(trainer: pl.Trainer) -> bool:
+    """True when the run's VocalDataModule has no validation dataset (no song in the val split)."""
+    datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None)
+    return isinstance(datasets, dict) and not datasets.get("val")
 
 
 class ResumeCallback(pl.Callback):

@@ -355,6 +355,8 @@ def cli_main(argv: list[str] | None = None, keep_wandb: bool = False) -> int:
 
     # LightningCLI warns when args= is used while sys.argv holds other arguments: that is our design
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # an empty val loader (no validation songs) is allowed; fit says so once, in its own words
+    warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
     try:
         expanded = expand_argv(argv)
         from mst_single.data import VocalDataModule

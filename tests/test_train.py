@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,21 @@ def test_last_checkpoint_and_resume(demo_root, tmp_path, capsys):
     shutil.copytree(demo_root, moved)
     assert cli_main(["fit", *args, "--data.root", str(moved), "--trainer.max_epochs", "4", "--ckpt_path", "last"]) == 0
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_fit_without_validation_songs_says_so_once_and_keeps_last_only(demo_root, tmp_path, capsys):
+    args = ["-c", str(CONFIGS / "approach2.yaml"), *tiny_args(demo_root, tmp_path, epochs=2), "--run_name", "nv",
+            "--data.val_fraction", "0"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main(["fit", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fit: no validation songs") == 1 and "checkpoints/last.ckpt is the model" in out
+    # Lightning's "could not find the monitored key" and empty-loader warnings are not repeated at the user
+    assert not [w for w in caught if "val/loss" in str(w.message) or "across ranks is zero" in str(w.message)]
+    ckpts = tmp_path / "nv" / "checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
 def test_songs_shorter_than_a_segment_are_a_clear_error_and_leave_no_run_folder(demo_root, tmp_path, capsys):
