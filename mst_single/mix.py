@@ -17,7 +17,8 @@
    physical units (dB, Hz, ms), so they mean the same at any rate; running at the input rate
    avoids resampling the whole file twice (quality, time, memory) and keeps the output sample-exact
    in length. Memory is bounded by the block size, not the file length.
-5. OUT (WAV float32, or FLAC 24-bit for `.flac`; stereo, input rate, input length),
+5. OUT (WAV float32, or FLAC 24-bit for `.flac`; stereo, input rate, input length plus `tail_seconds`
+   of silence run through the chain, where the compressor releases and the reverb rings out),
    `OUT.params.json` and `OUT.mixsheet.md` are written to temporary files and renamed into place
    together at the end: on any error none of them appears. An output peaking above 0 dBFS gets a
    warning (the FLAC clips those samples, the float WAV keeps them).
@@ -40,6 +41,7 @@ ENVELOPE_SECONDS = 0.1  # energy envelope resolution for segment selection
 SILENT_DBFS = -70.0  # a window below this RMS (dBFS) is silence whatever the song's level
 SEGMENT_RANGE_DB = 30.0  # windows more than this below the loudest window are not used
 DEFAULT_MAX_SEGMENTS = 8
+MAX_TAIL_SECONDS = 30.0  # the reverb's impulse response is 2.5 s; beyond that a tail is only silence
 DEFAULT_BLOCK = 1 << 19  # samples per streaming block (10.9 s at 48 kHz, ~20 MB of work buffers): long
 # next to the 2.5 s reverb IR, so the overlap-add FFTs waste little (FFT length ~1.2x the block)
 # For an unreadable RAW or --reference: audio_info's default fix is for a song of a data folder
@@ -410,7 +412,8 @@ def check_output(out_path: Path) -> None:
 def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | None = None,
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
              progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
-             refine_lr: float = 0.05, refine_crops: int = 4, refine_start: str = "network") -> dict:
+             refine_lr: float = 0.05, refine_crops: int = 4, refine_start: str = "network",
+             tail_seconds: float = 0.0) -> dict:
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
     Args:
@@ -429,6 +432,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             0: the network's setting as it is). refine_lr: Adam's step on the setting's logits;
             refine_crops: raw segments per step. refine_start: "network" (its setting) or "ridge" (the
             checkpoint's style ridge, ``model.style_ridge``; experiments/e09-refine, ridge-start).
+        tail_seconds: seconds of silence appended to the raw and run through the chain, so that the
+            reverb rings out past the raw's end (0: the output has the raw's length, sample for sample;
+            the reverb's impulse response is 2.5 s long). Loudness matching reads the raw's length only.
     Returns:
         the content of OUT.params.json (parameters in units, approach, segments, loudness, ...).
     """
@@ -460,6 +466,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if refine_steps < 0 or refine_crops < 1 or refine_lr <= 0:
         raise MstError(f"--refine-steps must be >= 0, --refine-crops >= 1 and --refine-lr > 0 (got "
                        f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
+    if not 0.0 <= tail_seconds <= MAX_TAIL_SECONDS:
+        raise MstError(f"--tail must be between 0 and {MAX_TAIL_SECONDS:g} s, got {tail_seconds:g}",
+                       fix="e.g. --tail 2.5 (the reverb's impulse response is 2.5 s long)")
     info = audio_info(raw_path, _INPUT_FIX)
     rinfo = audio_info(reference, _INPUT_FIX) if reference is not None else None
     check_measurable(info, raw_path, "raw vocal")
@@ -570,18 +579,24 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             tmp_json = stack.enter_context(fileio.atomic_path(json_path))
             tmp_md = stack.enter_context(fileio.atomic_path(md_path))
             with sf.SoundFile(str(tmp_wav), "w", samplerate=sr_in, channels=2, subtype=subtype, format=out_fmt) as f:
-                for start, x in _blocks(raw_path, info, block_size):
-                    y = streamer.process(x.mean(axis=0, keepdims=True) * gain)
+                def emit(y: np.ndarray, at: int) -> None:
+                    nonlocal peak, clipped
                     if not np.isfinite(y).all():
-                        raise MstError(f"the chain produced NaN/Inf output near {start / sr_in:.1f} s", raw_path,
+                        raise MstError(f"the chain produced NaN/Inf output near {at / sr_in:.1f} s", raw_path,
                                        "report this with the file and checkpoint; no output was written")
                     a = np.abs(y)
                     peak = max(peak, float(a.max()))
                     if saturates:
                         clipped += int(np.count_nonzero(a > 1.0))
                     f.write(y.T)
+
+                for start, x in _blocks(raw_path, info, block_size):
+                    emit(streamer.process(x.mean(axis=0, keepdims=True) * gain), start)
                     bar.update(x.shape[1] / sr_in)
-                written = f.frames
+                tail = int(round(tail_seconds * sr_in))
+                for start in range(0, tail, block_size):  # silence in: the compressor and reverb ring out
+                    emit(streamer.process(np.zeros((1, min(block_size, tail - start)), np.float32)), frames + start)
+                written = f.frames - tail
             if written != frames:
                 raise MstError(f"wrote {written} samples but the input has {frames}", raw_path,
                                "the input file may have changed while mixing; run again")
@@ -596,8 +611,9 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 "checkpoint_step": meta.get("global_step"),
                 "sample_rate": sr_in,
                 "model_sample_rate": msr,
-                "samples": frames,
+                "samples": frames,  # the raw's; the output has tail_samples more
                 "seconds": frames / sr_in,
+                "tail_samples": tail,
                 "input_channels": info.channels,
                 "input_lufs": lufs,
                 "target_lufs": model.target_lufs,
@@ -674,6 +690,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-start", choices=REFINE_STARTS, default="network",
                         help="where refinement starts: the network's setting, or the checkpoint's style ridge "
                              "(trained with model.style_ridge: true; experiments/e09-refine, ridge-start)")
+    parser.add_argument("--tail", type=float, default=0.0, metavar="SECONDS",
+                        help="append this much silence to the raw and run it through the chain, so the reverb "
+                             "rings out past the raw's end (its impulse response is 2.5 s; default 0: the output "
+                             "has the raw's length, sample for sample)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -684,6 +704,8 @@ def _command(args) -> list[str]:
     if args.segment_seconds is not None:
         cmd += ["--segment-seconds", str(args.segment_seconds)]
     cmd += ["--max-segments", str(args.max_segments), "--block-size", str(args.block_size)]
+    if args.tail:
+        cmd += ["--tail", str(args.tail)]
     if args.refine_steps:
         cmd += ["--refine-steps", str(args.refine_steps), "--refine-lr", str(args.refine_lr),
                 "--refine-crops", str(args.refine_crops), "--refine-start", args.refine_start]
@@ -694,7 +716,7 @@ def run(args) -> int:
     report = mix_file(args.raw, args.out, args.ckpt, reference=args.reference, segment_seconds=args.segment_seconds,
                       max_segments=args.max_segments, block_size=args.block_size, progress=not args.quiet,
                       command=_command(args), refine_steps=args.refine_steps, refine_lr=args.refine_lr,
-                      refine_crops=args.refine_crops, refine_start=args.refine_start)
+                      refine_crops=args.refine_crops, refine_start=args.refine_start, tail_seconds=args.tail)
     print(mixsheet(report))
     print(f"wrote {report['output']} (+ .params.json, .mixsheet.md)")
     return 0

@@ -364,6 +364,37 @@ def test_chunked_equals_whole_file_and_console(ckpts, tmp_path):
     assert np.abs(b - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
 
 
+def test_tail_lets_the_reverb_ring_out_past_the_raws_end(ckpts, tmp_path, capsys):
+    """--tail S: the raw plus S s of silence through the chain; the first samples are the plain output's."""
+    from mst_single.console import VocalConsole
+    from mst_single.loudness import integrated_loudness
+
+    x = vocal(2.0, 22050, 1)[:, 0]
+    raw = write(tmp_path / "raw.wav", x[:, None], 22050)
+    plain = mix_file(raw, tmp_path / "plain.wav", ckpts["approach2"], block_size=4096)
+    tailed = mix_file(raw, tmp_path / "tail.wav", ckpts["approach2"], block_size=4096, tail_seconds=1.0)
+    a, _ = sf.read(tmp_path / "plain.wav", always_2d=True)
+    b, _ = sf.read(tmp_path / "tail.wav", always_2d=True)
+    assert len(a) == len(x) and len(b) == len(x) + 22050
+    assert tailed["samples"] == len(x) and tailed["tail_samples"] == 22050 and plain["tail_samples"] == 0
+    assert tailed["params"] == plain["params"]
+    np.testing.assert_array_equal(b[:len(x)], a)
+    # the tail is the reverb ringing out, as the whole chain gives it on the raw padded with silence
+    assert np.abs(b[len(x):]).max() > 1e-4
+    console = VocalConsole(22050, tailed["stages"])
+    gain = 10 ** ((-23.0 - integrated_loudness(x, 22050)) / 20)
+    padded = np.concatenate([x * gain, np.zeros(22050)])
+    with torch.no_grad():
+        ref = console(torch.from_numpy(padded).float()[None, None], console.normalize(tailed["params"]))[0].numpy().T
+    assert np.abs(b - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+    # the CLI: a negative or absurd tail is refused before any work
+    for bad in ("-1", "60"):
+        assert cli.main(["mix", str(raw), "-o", str(tmp_path / "bad.wav"), "--ckpt", str(ckpts["approach2"]),
+                     "--tail", bad, "--quiet"]) == 2
+        assert "--tail must be between 0 and 30 s" in capsys.readouterr().err
+    assert not (tmp_path / "bad.wav").exists()
+
+
 @pytest.mark.slow
 def test_bad_checkpoints_and_inputs(ckpts, tmp_path, capsys):
     raw = write(tmp_path / "raw.wav", vocal(1.5, SR), SR)
