@@ -137,8 +137,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._no_val = _no_val_songs(trainer)
         if self._no_val and trainer.is_global_zero:
-            print(f"fit: no validation songs (data.val_fraction or the split file leaves none): no val/loss, so no "
-                  f"best-*.ckpt; checkpoints/last.ckpt is the model", flush=True)
+            print("fit: no validation songs (data.val_fraction or the split file leaves none): no val/loss, so no "
+                  "best-*.ckpt; checkpoints/last.ckpt is the model", flush=True)
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         # without validation songs there is nothing to rank by: Lightning would warn about the missing
