@@ -10,6 +10,7 @@ line. See experiments/README.md for the config format and the outputs.
     mst-single ablate experiments/NAME --variant V --seed S [--fold K] [--data-name D]  # some units only
     mst-single ablate experiments/NAME --budget B --export-sweep     # NAME/sweep.yaml (W&B grid)
     mst-single ablate experiments/NAME --budget B --check            # rerun elsewhere, compare to committed
+    mst-single ablate experiments/NAME --budget B --check --variant V   # the same, for some variants only
                                                    [--cached-fits]   # (keep the cached oracle fits)
 """
 from __future__ import annotations
@@ -43,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at the same time (each uses OMP_NUM_THREADS threads; results do not change); "
                              "before they start, as many songs' parameter-target fits at once")
-    parser.add_argument("--variant", help="run only this variant (training + evaluation; no baselines or tables)")
+    parser.add_argument("--variant", action="append",
+                        help="run only this variant (repeat for several; training + evaluation, no baselines or "
+                             "tables); with --check: rerun only these variants (and the baselines) and compare their rows")
     parser.add_argument("--seed", type=int, help="run only this seed (no baselines or tables)")
     parser.add_argument("--fold", type=int, help="run only this fold (no baselines or tables)")
     parser.add_argument("--data-name", help="run only on this data set (no baselines or tables)")
@@ -111,6 +114,7 @@ def plan_summary(plan) -> str:
 def check(args) -> int:
     """Rerun a committed results folder elsewhere, as it was made (its seeds, folds, data folders and
     torch threads per run, from its provenance.json, unless given on the command line), and compare."""
+    from mst_single.experiments import config as C
     from mst_single.experiments import records as R
     from mst_single.experiments import runner
 
@@ -120,7 +124,13 @@ def check(args) -> int:
                        f"run `mst-single ablate {Path(args.experiment).as_posix()} --budget {args.budget}` first")
     prov_path = committed / "provenance.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+    if args.seed is not None or args.fold is not None or args.data_name:
+        raise MstError("--check reruns whole variants: every seed, fold and data set of the committed table",
+                       committed / "results.csv", "drop --seed / --fold / --data-name (--variant V picks variants)")
     rerun = argparse.Namespace(**vars(args))
+    # --variant: those variants' runs and the baselines, with tables, not unit mode (nothing to compare then)
+    chosen = _variants_of(args)
+    rerun.variant, rerun.only_variants = None, chosen
     # a check refits every song by default (a cache made by other code or another machine would hide a
     # difference); the runs themselves go to a new folder and are trained either way
     rerun.check, rerun.force = False, not getattr(args, "cached_fits", False)
@@ -142,7 +152,15 @@ def check(args) -> int:
     from mst_single.compare import check_same
 
     # the rerun went to another folder but is the same experiment (check_same matches on its name too)
-    report = check_same(R.read_csv(committed / "results.csv"), R.read_csv(rerun.out / "results.csv"))
+    rows = R.read_csv(committed / "results.csv")
+    if chosen:
+        # a baseline's rows are rerun too: every row whose variant is not one of the experiment's
+        variants = set(C.load_experiment(args.experiment)["variants"])
+        skipped = sorted({r["variant"] for r in rows if r["variant"] in variants} - set(chosen))
+        rows = [r for r in rows if r["variant"] in chosen or r["variant"] not in variants]
+        print(f"check: comparing the rows of {', '.join(chosen)} and the baselines only"
+              + (f"; not rerun: {', '.join(skipped)}" if skipped else ""))
+    report = check_same(rows, R.read_csv(rerun.out / "results.csv"))
     print(report.text)
     return 0 if report.ok else 1
 
@@ -198,12 +216,20 @@ def sweep_yaml(args) -> str:
     return head + yaml.safe_dump(sweep, sort_keys=False)
 
 
+def _variants_of(args) -> list[str]:
+    """--variant's values (a list from the CLI; one name from scripts that build the namespace)."""
+    v = getattr(args, "variant", None)
+    return [v] if isinstance(v, str) else list(v or [])
+
+
 def _argv_of(args) -> list[str]:
     out = [Path(args.experiment).as_posix()]
     for d in args.data or []:
         out += ["--data", str(d)]
+    for v in _variants_of(args):
+        out += ["--variant", v]
     for flag, value in (("--budget", args.budget), ("--seeds", args.seeds), ("--folds", args.folds), ("--out", args.out),
-                        ("--variant", args.variant), ("--seed", args.seed), ("--fold", args.fold),
+                        ("--seed", args.seed), ("--fold", args.fold),
                         ("--data-name", args.data_name)):
         if value is not None:
             out += [flag, str(value)]

@@ -945,6 +945,12 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
     assert cli([folder, "--budget", "test", "--check", "--out", tmp_path / "rerun"]) == 0
     printed = capsys.readouterr().out
     assert "REPRODUCED" in printed and "NOT REPRODUCED" not in printed
+    # --check --variant: that variant's runs and the baselines only, rows of the others not compared
+    assert cli([folder, "--budget", "test", "--check", "--variant", "approach2", "--out", tmp_path / "rerun2"]) == 0
+    printed = capsys.readouterr().out
+    assert "not rerun: approach1" in printed and "REPRODUCED" in printed and "NOT REPRODUCED" not in printed
+    rerun = {r["variant"] for r in csv.DictReader(open(tmp_path / "rerun2" / "results.csv"))}
+    assert rerun == {"approach2", "identity", "mean-preset", "oracle"}
 
 
 def test_check_reruns_with_the_committed_data_folders_and_thread_count(tmp_path, monkeypatch, capsys):
@@ -983,6 +989,49 @@ def test_check_reruns_with_the_committed_data_folders_and_thread_count(tmp_path,
     assert seen["force"] is False and "oracle fits from the cache" in capsys.readouterr().out
 
 
+def test_check_with_variant_reruns_those_variants_and_compares_only_their_rows(tmp_path, monkeypatch, capsys):
+    folder = write_experiment(tmp_path / "exp-x", tmp_path / "data")  # variants approach1, approach2
+    committed = folder / "results" / "test"
+    committed.mkdir(parents=True)
+
+    def rows(variant, value, seeds=(0, 1)):
+        base = dict(experiment="exp-x", budget="test", data="demo", variant=variant, approach="-", policy="-",
+                    eval_policy="-", fold=0, metric="mrstft")
+        return [dict(base, seed=s, song=n, value=value + 0.01 * s) for s in seeds for n in ("a", "b", "mean")]
+
+    R.write_csv(committed / "results.csv", rows("approach1", 0.9) + rows("approach2", 0.7) + rows("oracle", 0.4, [0]),
+                R.RESULTS_COLUMNS)
+    (committed / "provenance.json").write_text(json.dumps({"seeds": [0, 1], "folds": 2}))
+    seen, rerun_value = {}, [0.7]
+
+    def fake_run(args):  # the rerun: those variants' runs and the baselines, written as a results folder
+        seen.update(variant=args.variant, only=args.only_variants)
+        plan = runner.make_plan(args)
+        seen["planned"] = sorted({u.variant for u in plan.units})
+        seen["unit_mode"] = plan.unit_mode
+        R.write_csv(args.out / "results.csv", rows("approach2", rerun_value[0]) + rows("oracle", 0.4, [0]),
+                    R.RESULTS_COLUMNS)
+        return 0
+
+    monkeypatch.setattr(ablate, "run", fake_run)
+    monkeypatch.setattr(C, "check_data_folder", lambda *a, **k: None)
+    monkeypatch.setattr(F, "song_names", lambda *a, **k: [f"s{i}" for i in range(6)])
+    argv = [folder, "--budget", "test", "--check", "--variant", "approach2"]
+    assert ablate.check(parse(argv + ["--out", tmp_path / "r1"])) == 0
+    assert seen == dict(variant=None, only=["approach2"], planned=["approach2"], unit_mode=False)
+    printed = capsys.readouterr().out
+    assert "comparing the rows of approach2 and the baselines only; not rerun: approach1" in printed
+    assert "only in the first" not in printed and "NOT REPRODUCED" not in printed and "REPRODUCED" in printed
+    # a real difference in the chosen variant still fails the check
+    rerun_value[0] = 0.9
+    assert ablate.check(parse(argv + ["--out", tmp_path / "r2"])) == 1
+    assert "NOT REPRODUCED" in capsys.readouterr().out
+    with pytest.raises(MstError, match="no variant 'approach3'"):
+        ablate.check(parse([folder, "--budget", "test", "--check", "--variant", "approach3", "--out", tmp_path / "r3"]))
+    with pytest.raises(MstError, match="--check reruns whole variants"):
+        ablate.check(parse(argv + ["--seed", "1"]))
+
+
 def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
     folder, _ = tiny
     assert cli([folder, "--budget", "test", "--seeds", "2", "--export-sweep"]) == 0
@@ -994,6 +1043,9 @@ def test_export_sweep_is_a_grid_over_units_running_the_same_cli(tiny):
     # the agent's ${args} become --variant=V --seed=S --fold=F, which the CLI accepts as one unit
     plan = runner.make_plan(parse([folder, "--budget", "test", "--variant=approach2", "--seed=1", "--fold=1"]))
     assert plan.unit_mode and [(u.variant, u.fold, u.seed) for u in plan.units] == [("approach2", 1, 1)]
+    two = runner.make_plan(parse([folder, "--budget", "test", "--variant", "approach2", "--variant", "approach1",
+                                  "--seed", "0", "--fold", "0"]))
+    assert two.unit_mode and [u.variant for u in two.units] == ["approach1", "approach2"]  # the config's order
     # the first line says which of the experiment's folds run, and counts only their test songs
     one = ablate.plan_summary(plan)
     assert " × fold 1 of 2 × seeds [1])" in one and "1 runs" in one

@@ -120,11 +120,15 @@ def make_plan(args) -> Plan:
     k = C.folds_of(exp, budget, args.folds)
     data = C.data_sets(exp, args.data)
     variants = list(exp["variants"])
-    if args.variant:
-        if args.variant not in variants:
-            raise MstError(f"no variant {args.variant!r} in this experiment", folder / C.CONFIG_NAME,
-                           f"use one of {', '.join(variants)}")
-        variants = [args.variant]
+    # --variant picks units (unit mode); `only_variants` (ablate --check --variant) keeps baselines and tables
+    unit_variants = [args.variant] if isinstance(args.variant, str) else list(args.variant or [])
+    chosen = unit_variants or list(getattr(args, "only_variants", None) or [])
+    if chosen:
+        for v in chosen:
+            if v not in variants:
+                raise MstError(f"no variant {v!r} in this experiment", folder / C.CONFIG_NAME,
+                               f"use one of {', '.join(variants)}")
+        variants = [v for v in variants if v in chosen]
     if args.data_name:
         if args.data_name not in data:
             raise MstError(f"no data set {args.data_name!r} in this experiment", folder / C.CONFIG_NAME,
@@ -170,7 +174,7 @@ def make_plan(args) -> Plan:
     report = dict(seed=report_seed, songs=report_songs, seconds=float(ev.get("report_seconds", 8.0)),
                   format=ev.get("audio_format", "flac"), audio_dir=str(out / "audio"))
     plan = Plan(exp, budget, seeds, k, data, out, runs_dir, splits, split_files, [], report,
-                unit_mode=bool(args.variant) or args.seed is not None or args.fold is not None or bool(args.data_name))
+                unit_mode=bool(unit_variants) or args.seed is not None or args.fold is not None or bool(args.data_name))
     for v in variants:
         for d in C.variant_data(exp, v, used):
             for f in sorted(splits[d]):
