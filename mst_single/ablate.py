@@ -149,19 +149,26 @@ def check(args) -> int:
         code = run(rerun)
     if code != 0:
         return code
-    from mst_single.compare import check_same
+    from mst_single.compare import bitwise, check_same
 
     # the rerun went to another folder but is the same experiment (check_same matches on its name too)
     rows = R.read_csv(committed / "results.csv")
+    # with --variant, a baseline's rows are rerun too: every row whose variant is not one of the experiment's
+    variants = set(C.load_experiment(args.experiment)["variants"])
     if chosen:
-        # a baseline's rows are rerun too: every row whose variant is not one of the experiment's
-        variants = set(C.load_experiment(args.experiment)["variants"])
         skipped = sorted({r["variant"] for r in rows if r["variant"] in variants} - set(chosen))
         rows = [r for r in rows if r["variant"] in chosen or r["variant"] not in variants]
         print(f"check: comparing the rows of {', '.join(chosen)} and the baselines only"
               + (f"; not rerun: {', '.join(skipped)}" if skipped else ""))
     report = check_same(rows, R.read_csv(rerun.out / "results.csv"))
     print(report.text)
+    preds = committed / "predictions.csv"
+    if preds.is_file() and (rerun.out / "predictions.csv").is_file():  # what was predicted, not only its score
+        mine = [r for r in R.read_csv(preds) if not chosen or r["variant"] in chosen or r["variant"] not in variants]
+        same = bitwise(mine, R.read_csv(rerun.out / "predictions.csv"), [c for c in R.PREDICTIONS_COLUMNS if c != "value"])
+        print(f"predictions: {same['identical']} of {same['shared']} predicted parameter values identical bit for bit"
+              + (f" (largest relative difference {same['max_rel']:.2g})" if same["identical"] < same["shared"] else "")
+              + (f"; {same['one_side']} only on one side" if same["one_side"] else ""))
     return 0 if report.ok else 1
 
 

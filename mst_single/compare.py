@@ -296,6 +296,9 @@ class SameReport:
     missing: list[str]
     notes: list[str]
     rel_tol: float
+    identical: int = 0  # values present on both sides that are equal bit for bit (NaN = NaN)
+    shared: int = 0  # values present on both sides
+    max_rel: float = 0.0  # largest |a - b| / max(|a|, |b|) over them
 
     @property
     def text(self) -> str:
@@ -313,6 +316,9 @@ class SameReport:
             out.append(f"{len(self.rows_beyond)} single rows (runs, songs) differ beyond max(abs tol, "
                        f"{self.rel_tol:g} relative){' (not decisive: the seed means are)' if self.ok else ''}; largest:")
             out += [f"  {r['key']}: {fmt(r['a'])} -> {fmt(r['b'])} (Δ {fmt(r['b'] - r['a'], r['a'])})" for r in worst]
+        if self.shared:
+            out.append(f"values: {self.identical} of {self.shared} identical bit for bit"
+                       + (f" (largest relative difference {self.max_rel:.2g})" if self.identical < self.shared else ""))
         n = len(self.groups)
         out.append(f"{'REPRODUCED' if self.ok else 'NOT REPRODUCED'}: {n - len(bad)} of {n} seed means within "
                    f"tolerance (relative {self.rel_tol:g}, absolute per metric, 2 standard errors), "
@@ -347,11 +353,13 @@ def check_same(committed_rows: list[dict], rerun_rows: list[dict], rel_tol: floa
     ka, kb = keyed(a), keyed(b)
     missing = [f"only in the first: {k}" for k in sorted(set(ka) - set(kb))]
     missing += [f"only in the second: {k}" for k in sorted(set(kb) - set(ka))]
-    rows_beyond = []
+    rows_beyond, identical, max_rel = [], 0, 0.0
     for k in sorted(set(ka) & set(kb)):
         x, y = ka[k], kb[k]
         if x == y or (math.isnan(x) and math.isnan(y)):
+            identical += 1
             continue
+        max_rel = max(max_rel, abs(x - y) / max(abs(x), abs(y)) if not math.isnan(x - y) else math.inf)
         allowed = max(abs_tolerance(k[-1]), rel_tol * max(abs(x), abs(y)))
         if not abs(x - y) <= allowed:
             rows_beyond.append(dict(key=k, a=x, b=y, excess=abs(x - y) / allowed if allowed > 0 else math.inf))
@@ -367,7 +375,20 @@ def check_same(committed_rows: list[dict], rerun_rows: list[dict], rel_tol: floa
             notes.append(f"{ds[0]}/{ds[1]}: the ranking by {PRIMARY} changed (best first): {', '.join(ra)} -> "
                          f"{', '.join(rb)}; name no winner between the rows that swapped")
     ok = not missing and all(g["ok"] for g in groups)
-    return SameReport(ok, groups, rows_beyond, missing, notes, rel_tol)
+    return SameReport(ok, groups, rows_beyond, missing, notes, rel_tol, identical, len(set(ka) & set(kb)), max_rel)
+
+
+def bitwise(rows_a: list[dict], rows_b: list[dict], key_columns) -> dict:
+    """How many values of two tables (e.g. predictions.csv) with the same key are equal bit for bit:
+    {"identical", "shared", "one_side": keys in one table only, "max_rel": largest relative difference}."""
+    def keyed(rows):
+        return {tuple(str(r.get(c, NONE)) for c in key_columns): float(r["value"]) for r in rows}
+
+    ka, kb = keyed(rows_a), keyed(rows_b)
+    both = set(ka) & set(kb)
+    same = [k for k in both if ka[k] == kb[k] or (math.isnan(ka[k]) and math.isnan(kb[k]))]
+    rel = [abs(ka[k] - kb[k]) / max(abs(ka[k]), abs(kb[k])) for k in both - set(same)]
+    return dict(identical=len(same), shared=len(both), one_side=len(set(ka) ^ set(kb)), max_rel=max(rel, default=0.0))
 
 
 def _ranking(means: dict) -> list[str]:

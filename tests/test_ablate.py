@@ -1004,6 +1004,13 @@ def test_check_with_variant_reruns_those_variants_and_compares_only_their_rows(t
     (committed / "provenance.json").write_text(json.dumps({"seeds": [0, 1], "folds": 2}))
     seen, rerun_value = {}, [0.7]
 
+    def preds(variant, value):
+        return [dict(experiment="exp-x", budget="test", data="demo", variant=variant, eval_policy="-", fold=0, seed=0,
+                     song=n, param=k, value=value) for n in ("a", "b") for k in ("gain_db", "comp_ratio")]
+
+    R.write_csv(committed / "predictions.csv", preds("approach1", 0.1) + preds("approach2", 0.2) + preds("oracle", 0.3),
+                R.PREDICTIONS_COLUMNS)
+
     def fake_run(args):  # the rerun: those variants' runs and the baselines, written as a results folder
         seen.update(variant=args.variant, only=args.only_variants)
         plan = runner.make_plan(args)
@@ -1011,6 +1018,9 @@ def test_check_with_variant_reruns_those_variants_and_compares_only_their_rows(t
         seen["unit_mode"] = plan.unit_mode
         R.write_csv(args.out / "results.csv", rows("approach2", rerun_value[0]) + rows("oracle", 0.4, [0]),
                     R.RESULTS_COLUMNS)
+        moved = preds("approach2", 0.2)
+        moved[0]["value"] = 0.25
+        R.write_csv(args.out / "predictions.csv", moved + preds("oracle", 0.3), R.PREDICTIONS_COLUMNS)
         return 0
 
     monkeypatch.setattr(ablate, "run", fake_run)
@@ -1022,6 +1032,9 @@ def test_check_with_variant_reruns_those_variants_and_compares_only_their_rows(t
     printed = capsys.readouterr().out
     assert "comparing the rows of approach2 and the baselines only; not rerun: approach1" in printed
     assert "only in the first" not in printed and "NOT REPRODUCED" not in printed and "REPRODUCED" in printed
+    assert "values: 9 of 9 identical bit for bit\n" in printed
+    assert "predictions: 7 of 8 predicted parameter values identical bit for bit (largest relative difference 0.2)\n" \
+        in printed  # approach1's predictions, not rerun, are not counted as missing
     # a real difference in the chosen variant still fails the check
     rerun_value[0] = 0.9
     assert ablate.check(parse(argv + ["--out", tmp_path / "r2"])) == 1

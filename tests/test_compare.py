@@ -110,6 +110,12 @@ def test_seed_means_within_two_standard_errors_reproduce_a_real_shift_does_not()
     assert not bad.ok
     assert "DIFFERS smoke/demo approach2 mrstft: seed mean 1.000 -> 1.300 (Δ 0.300" in bad.text
     assert bad.text.splitlines()[-1].startswith("NOT REPRODUCED: 1 of 2 seed means within tolerance")
+    # how much came back bit for bit, what the same machine gives (issue 15, point 2)
+    assert (report.identical, report.shared) == (3, 12) and report.max_rel == pytest.approx(0.1 / 1.1)
+    assert "values: 3 of 12 identical bit for bit (largest relative difference 0.091)" in report.text
+    same = compare.check_same(committed, committed, 0.02)
+    assert (same.identical, same.shared, same.max_rel) == (12, 12, 0.0)
+    assert "values: 12 of 12 identical bit for bit\n" in same.text
 
 
 def test_a_ranking_that_flips_within_tolerance_is_reported():
