@@ -18,8 +18,15 @@ PACKAGES = ("torch", "numpy", "scipy", "pytorch-lightning", "jsonargparse", "wan
             "pyloudnorm", "numba", "vocal-mst")
 
 
-def git_commit(root: Path = REPO_ROOT) -> dict:
-    """The commit of the checkout and whether tracked files differ from it (``unknown`` outside git)."""
+INPUTS = ("configs", "experiments/base.yaml")  # what every run reads besides the package and its data
+
+
+def git_commit(root: Path = REPO_ROOT, inputs=INPUTS) -> dict:
+    """The commit of the checkout, whether tracked files differ from it (``dirty``; ``unknown`` outside
+    git), and ``untracked_inputs``: files under ``inputs`` (paths relative to ``root``) that the commit
+    does not hold, neither tracked nor ignored. Why: a run reading an experiment config not yet committed
+    is not ``dirty`` (untracked files are not counted, or every results folder being written would
+    be), yet its commit alone cannot rerun it."""
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
 
@@ -28,7 +35,9 @@ def git_commit(root: Path = REPO_ROOT) -> dict:
         if head.returncode != 0:
             return {"commit": "unknown", "dirty": None}
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
-        return {"commit": head.stdout.strip(), "dirty": dirty}
+        inputs = [str(i) for i in inputs if (Path(root) / i).exists()]
+        listed = git("ls-files", "--others", "--exclude-standard", "--", *inputs).stdout.split("\n") if inputs else []
+        return {"commit": head.stdout.strip(), "dirty": dirty, "untracked_inputs": sorted(f for f in listed if f)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
 
@@ -87,13 +96,14 @@ def hardware() -> dict:
     return info
 
 
-def collect(command: list[str] | str | None = None, **extra) -> dict:
-    """Everything needed to trace a result: command, commit, patch-series hash, versions, hardware."""
+def collect(command: list[str] | str | None = None, inputs=INPUTS, **extra) -> dict:
+    """Everything needed to trace a result: command, commit (and the ``inputs`` it lacks, see
+    :func:`git_commit`), patch-series hash, versions, hardware."""
     if command is None:
         command = sys.argv
     return {
         "command": command if isinstance(command, str) else " ".join(map(str, command)),
-        **git_commit(),
+        **git_commit(inputs=inputs),
         "patch_series_sha256": patch_series_hash(),
         "python": sys.version.split()[0],
         "packages": package_versions(),

@@ -1158,3 +1158,35 @@ def test_ridge_heldout_scores_ridge_start_on_new_data_without_training(tiny, tmp
                           atol=1e-6)
     with pytest.raises(MstError, match="needs steps >= 1"):
         script.main([*args, "--steps", "0"])
+
+
+def test_provenance_names_the_inputs_its_commit_does_not_hold(tmp_path):
+    """e15's table named a clean commit that lacked its config.yaml (still untracked when it ran)."""
+    import subprocess
+
+    from mst_single import provenance as P
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text("a: 1\n")
+    (tmp_path / ".gitignore").write_text("configs/scratch-*\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "x")
+    (tmp_path / "configs" / "new.yaml").write_text("b: 2\n")
+    (tmp_path / "configs" / "scratch-1.yaml").write_text("c: 3\n")  # ignored: not an input the commit lacks
+    (tmp_path / "experiments" / "e99").mkdir(parents=True)
+    (tmp_path / "experiments" / "e99" / "config.yaml").write_text("variants: {}\n")
+    inputs = ("configs", "experiments/e99/config.yaml", "experiments/base.yaml")  # the last does not exist
+    got = P.git_commit(tmp_path, inputs)
+    assert got["dirty"] is False
+    assert got["untracked_inputs"] == ["configs/new.yaml", "experiments/e99/config.yaml"]
+    (tmp_path / "configs" / "base.yaml").write_text("a: 2\n")  # a tracked file changed: dirty, as before
+    assert P.git_commit(tmp_path, inputs)["dirty"] is True
+    git("add", ".")
+    git("commit", "-q", "-m", "y")
+    assert P.git_commit(tmp_path, inputs) == dict(P.git_commit(tmp_path, inputs), dirty=False, untracked_inputs=[])
+    assert P.git_commit(tmp_path / "nowhere")["commit"] == "unknown"

@@ -857,7 +857,12 @@ def provenance(plan: Plan, done: dict, command: str, wall_s: float) -> dict:
     runs = [dict(run=u.name, run_id=u.run_id, run_dir=_rel(str(u.run_dir), plan.out), config=u.config)
             for u in plan.units]
     fits = {f"{d}/fold{f}": {"seconds": b.get("seconds"), "fits": b.get("fits")} for (d, f), b in done["baselines"].items()}
-    return P.collect(command=command, experiment=plan.exp["name"], budget=plan.budget, seeds=plan.seeds,
+    folder = Path(plan.exp["folder"]).resolve()
+    try:  # the experiment's own config, e.g. a new experiment's not yet committed
+        inputs = P.INPUTS + ((folder / C.CONFIG_NAME).relative_to(P.REPO_ROOT).as_posix(),)
+    except ValueError:  # an experiment folder outside the repository
+        inputs = P.INPUTS
+    return P.collect(command=command, inputs=inputs, experiment=plan.exp["name"], budget=plan.budget, seeds=plan.seeds,
                      folds=plan.folds, data={d: str(plan.data[d]["folder"]) for d in plan.splits},
                      splits={d: {f"fold{f}": s for f, s in v.items()} for d, v in plan.splits.items()},
                      experiment_config=exp_public, runs=runs, baselines=fits, wall_time_s=round(wall_s, 1))
