@@ -80,7 +80,8 @@ def run(args) -> int:
               f"(run `mst-single ablate {Path(args.experiment).as_posix()} --budget {plan.budget}` to collect)")
         return 0
     tables = runner.collect(plan, done)
-    command = "mst-single ablate " + " ".join(_argv_of(args))
+    # a check's rerun is made by the check's command line (a plain one would rerun every variant)
+    command = getattr(args, "check_command", None) or "mst-single ablate " + " ".join(_argv_of(args))
     block = runner.write_outputs(plan, tables, command, time.time() - t_start)
     from mst_single.fileio import write_json
 
@@ -131,6 +132,7 @@ def check(args) -> int:
     # --variant: those variants' runs and the baselines, with tables, not unit mode (nothing to compare then)
     chosen = _variants_of(args)
     rerun.variant, rerun.only_variants = None, chosen
+    rerun.check_command = "mst-single ablate " + " ".join(_argv_of(args))
     # a check refits every song by default (a cache made by other code or another machine would hide a
     # difference); the runs themselves go to a new folder and are trained either way
     rerun.check, rerun.force = False, not getattr(args, "cached_fits", False)
@@ -241,6 +243,8 @@ def _argv_of(args) -> list[str]:
         if value is not None:
             out += [flag, str(value)]
     out += ["--jobs", str(args.jobs)] if getattr(args, "jobs", 1) > 1 else []
+    out += ["--check"] if getattr(args, "check", False) else []
+    out += ["--cached-fits"] if getattr(args, "cached_fits", False) else []
     return out + (["--force"] if args.force else [])
 
 

@@ -951,6 +951,10 @@ def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeyp
     assert "not rerun: approach1" in printed and "REPRODUCED" in printed and "NOT REPRODUCED" not in printed
     rerun = {r["variant"] for r in csv.DictReader(open(tmp_path / "rerun2" / "results.csv"))}
     assert rerun == {"approach2", "identity", "mean-preset", "oracle"}
+    # its provenance names the command that made it: the check's, not a plain run of every variant
+    made_by = json.loads((tmp_path / "rerun2" / "provenance.json").read_text())["command"]
+    assert made_by == (f"mst-single ablate {folder.as_posix()} --variant approach2 --budget test "
+                       f"--out {tmp_path / 'rerun2'} --check"), made_by
 
 
 def test_check_reruns_with_the_committed_data_folders_and_thread_count(tmp_path, monkeypatch, capsys):
