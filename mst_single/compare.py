@@ -84,9 +84,12 @@ def rows_from_run_folder(folder: Path) -> list[dict]:
                 if last:
                     break
     if not last:
-        if (cfg.get("data") or {}).get("val_fraction") == 0:  # waiting would not help: no validation ever
+        prov = folder / "provenance.json"
+        songs = (json.loads(prov.read_text()).get("songs") or {}) if prov.is_file() else {}
+        # waiting would not help: no validation ever (val_fraction 0, or a split file that leaves none)
+        if (cfg.get("data") or {}).get("val_fraction") == 0 or songs.get("val") == []:
             raise MstError("its metrics.csv has no val/* or test/* values, and the run has no validation songs "
-                           "(data.val_fraction 0)", metrics_csv,
+                           "(data.val_fraction 0 or its split file)", metrics_csv,
                            f"score its test songs (logged under {folder / 'test'}): mst-single test -c "
                            f"{folder / 'config.yaml'} --ckpt_path {folder / 'checkpoints' / 'last.ckpt'}; "
                            "or evaluate whole songs with `mst-single ablate`")

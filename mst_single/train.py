@@ -212,8 +212,12 @@ def _cli_classes():
             log_dir = Path(trainer.log_dir)
             text = self.parser.dump(self.config, skip_none=False)
             fileio.write_text(log_dir / self.config_filename, text)
+            # the songs of each split as the data module drew them (its setup runs before this hook)
+            splits = getattr(getattr(trainer, "datamodule", None), "splits", None) or {}
+            songs = {k: sorted(x.name for x in v) for k, v in splits.items()} or None
             prov = provenance.collect(command=["mst-single", *(self.argv or [])],
                                       seed=self.config.get("seed_everything"), run_dir=str(log_dir), stage=stage,
+                                      songs=songs,
                                       ckpt_path=self.config.get("ckpt_path"),
                                       torch_deterministic=torch.are_deterministic_algorithms_enabled())
             fileio.write_json(log_dir / "provenance.json", prov)

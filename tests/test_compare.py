@@ -2,6 +2,7 @@
 `--check-same` reproduction check, real run folders and W&B offline runs of tiny real fits."""
 import argparse
 import csv
+import json
 import re
 import shutil
 
@@ -284,8 +285,18 @@ def test_a_run_without_validation_songs_is_read_from_its_test_scores(tmp_path, c
     run.mkdir()
     (run / "config.yaml").write_text("model: {approach: approach1}\ndata: {root: /x/demo, val_fraction: 0}\n")
     (run / "metrics.csv").write_text("step,train/loss\n0,1.5\n1,1.2\n")
-    with pytest.raises(MstError, match=r"no validation songs \(data.val_fraction 0\)") as e:
+    with pytest.raises(MstError, match=r"no validation songs \(data.val_fraction 0 or its split file\)") as e:
         compare.rows_from_path(run)
+    # a split file that leaves none: read from the songs its provenance.json lists per split
+    split = tmp_path / "a1-split"
+    split.mkdir()
+    (split / "config.yaml").write_text("model: {approach: approach1}\ndata: {root: /x/demo, split_file: s.json}\n")
+    (split / "metrics.csv").write_text("step,train/loss\n0,1.5\n")
+    with pytest.raises(MstError, match="yet"):  # no provenance: the run may still reach a validation step
+        compare.rows_from_path(split)
+    (split / "provenance.json").write_text(json.dumps({"songs": {"train": ["a", "b"], "val": [], "test": ["c"]}}))
+    with pytest.raises(MstError, match="no validation songs"):
+        compare.rows_from_path(split)
     assert f"mst-single test -c {run / 'config.yaml'} --ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in str(e.value)
     (run / "test").mkdir()
     (run / "test" / "metrics.csv").write_text("step,test/mrstft,test/loss\n1,0.8,0.9\n")

@@ -204,6 +204,10 @@ def test_fit_without_validation_songs_says_so_once_and_keeps_last_only(demo_root
     assert not [w for w in caught if "val/loss" in str(w.message) or "across ranks is zero" in str(w.message)]
     ckpts = tmp_path / "nv" / "checkpoints"
     assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"]
+    # the run folder says which songs each split got (compare reads "no validation songs" from it)
+    songs = json.loads((tmp_path / "nv" / "provenance.json").read_text())["songs"]
+    assert songs["val"] == [] and songs["train"] and not set(songs["train"]) & set(songs["test"])
+    assert sorted(songs["train"] + songs["test"]) == sorted(p.stem for p in (demo_root / "raw").glob("*.wav"))
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
