@@ -130,7 +130,7 @@ def check(args) -> int:
                        committed / "results.csv", "drop --seed / --fold / --data-name (--variant V picks variants)")
     rerun = argparse.Namespace(**vars(args))
     # --variant: those variants' runs and the baselines, with tables, not unit mode (nothing to compare then)
-    chosen = _variants_of(args)
+    chosen = runner.variants_of(args)
     rerun.variant, rerun.only_variants = None, chosen
     rerun.check_command = "mst-single ablate " + " ".join(_argv_of(args))
     # a check refits every song by default (a cache made by other code or another machine would hide a
@@ -157,16 +157,20 @@ def check(args) -> int:
     rows = R.read_csv(committed / "results.csv")
     # with --variant, a baseline's rows are rerun too: every row whose variant is not one of the experiment's
     variants = set(C.load_experiment(args.experiment)["variants"])
+
+    def rerun_row(r) -> bool:
+        return not chosen or r["variant"] in chosen or r["variant"] not in variants
+
     if chosen:
         skipped = sorted({r["variant"] for r in rows if r["variant"] in variants} - set(chosen))
-        rows = [r for r in rows if r["variant"] in chosen or r["variant"] not in variants]
+        rows = [r for r in rows if rerun_row(r)]
         print(f"check: comparing the rows of {', '.join(chosen)} and the baselines only"
               + (f"; not rerun: {', '.join(skipped)}" if skipped else ""))
     report = check_same(rows, R.read_csv(rerun.out / "results.csv"))
     print(report.text)
     preds = committed / "predictions.csv"
     if preds.is_file() and (rerun.out / "predictions.csv").is_file():  # what was predicted, not only its score
-        mine = [r for r in R.read_csv(preds) if not chosen or r["variant"] in chosen or r["variant"] not in variants]
+        mine = [r for r in R.read_csv(preds) if rerun_row(r)]
         same = bitwise(mine, R.read_csv(rerun.out / "predictions.csv"), [c for c in R.PREDICTIONS_COLUMNS if c != "value"])
         print(f"predictions: {same['identical']} of {same['shared']} predicted parameter values identical bit for bit"
               + (f" (largest relative difference {same['max_rel']:.2g})" if same["identical"] < same["shared"] else "")
@@ -225,17 +229,13 @@ def sweep_yaml(args) -> str:
     return head + yaml.safe_dump(sweep, sort_keys=False)
 
 
-def _variants_of(args) -> list[str]:
-    """--variant's values (a list from the CLI; one name from scripts that build the namespace)."""
-    v = getattr(args, "variant", None)
-    return [v] if isinstance(v, str) else list(v or [])
-
-
 def _argv_of(args) -> list[str]:
     out = [Path(args.experiment).as_posix()]
     for d in args.data or []:
         out += ["--data", str(d)]
-    for v in _variants_of(args):
+    from mst_single.experiments.runner import variants_of
+
+    for v in variants_of(args):
         out += ["--variant", v]
     for flag, value in (("--budget", args.budget), ("--seeds", args.seeds), ("--folds", args.folds), ("--out", args.out),
                         ("--seed", args.seed), ("--fold", args.fold),

@@ -350,19 +350,14 @@ def check_same(committed_rows: list[dict], rerun_rows: list[dict], rel_tol: floa
                        "(budget, data); a rerun must use the same ones",
                        fix="rerun with the same --budget and --data, or compare the matching results folders")
 
-    def keyed(rows):
-        return {tuple(str(r.get(c, NONE)) for c in ROW_KEY): float(r["value"]) for r in rows}
-
-    ka, kb = keyed(a), keyed(b)
+    ka, kb = _keyed(a, ROW_KEY), _keyed(b, ROW_KEY)
     missing = [f"only in the first: {k}" for k in sorted(set(ka) - set(kb))]
     missing += [f"only in the second: {k}" for k in sorted(set(kb) - set(ka))]
-    rows_beyond, identical, max_rel = [], 0, 0.0
+    rows_beyond = []
     for k in sorted(set(ka) & set(kb)):
         x, y = ka[k], kb[k]
-        if x == y or (math.isnan(x) and math.isnan(y)):
-            identical += 1
+        if _same_bits(x, y):
             continue
-        max_rel = max(max_rel, abs(x - y) / max(abs(x), abs(y)) if not math.isnan(x - y) else math.inf)
         allowed = max(abs_tolerance(k[-1]), rel_tol * max(abs(x), abs(y)))
         if not abs(x - y) <= allowed:
             rows_beyond.append(dict(key=k, a=x, b=y, excess=abs(x - y) / allowed if allowed > 0 else math.inf))
@@ -378,20 +373,30 @@ def check_same(committed_rows: list[dict], rerun_rows: list[dict], rel_tol: floa
             notes.append(f"{ds[0]}/{ds[1]}: the ranking by {PRIMARY} changed (best first): {', '.join(ra)} -> "
                          f"{', '.join(rb)}; name no winner between the rows that swapped")
     ok = not missing and all(g["ok"] for g in groups)
-    return SameReport(ok, groups, rows_beyond, missing, notes, rel_tol, identical, len(set(ka) & set(kb)), max_rel)
+    bits = _bit_counts(ka, kb)
+    return SameReport(ok, groups, rows_beyond, missing, notes, rel_tol, bits["identical"], bits["shared"], bits["max_rel"])
+
+
+def _keyed(rows: list[dict], columns) -> dict:
+    return {tuple(str(r.get(c, NONE)) for c in columns): float(r["value"]) for r in rows}
+
+
+def _same_bits(x: float, y: float) -> bool:
+    return x == y or (math.isnan(x) and math.isnan(y))
+
+
+def _bit_counts(ka: dict, kb: dict) -> dict:
+    both = set(ka) & set(kb)
+    differ = [(ka[k], kb[k]) for k in both if not _same_bits(ka[k], kb[k])]
+    rel = [abs(x - y) / max(abs(x), abs(y)) if math.isfinite(x - y) else math.inf for x, y in differ]
+    return dict(identical=len(both) - len(differ), shared=len(both), one_side=len(set(ka) ^ set(kb)),
+                max_rel=max(rel, default=0.0))
 
 
 def bitwise(rows_a: list[dict], rows_b: list[dict], key_columns) -> dict:
     """How many values of two tables (e.g. predictions.csv) with the same key are equal bit for bit:
     {"identical", "shared", "one_side": keys in one table only, "max_rel": largest relative difference}."""
-    def keyed(rows):
-        return {tuple(str(r.get(c, NONE)) for c in key_columns): float(r["value"]) for r in rows}
-
-    ka, kb = keyed(rows_a), keyed(rows_b)
-    both = set(ka) & set(kb)
-    same = [k for k in both if ka[k] == kb[k] or (math.isnan(ka[k]) and math.isnan(kb[k]))]
-    rel = [abs(ka[k] - kb[k]) / max(abs(ka[k]), abs(kb[k])) for k in both - set(same)]
-    return dict(identical=len(same), shared=len(both), one_side=len(set(ka) ^ set(kb)), max_rel=max(rel, default=0.0))
+    return _bit_counts(_keyed(rows_a, key_columns), _keyed(rows_b, key_columns))
 
 
 def _ranking(means: dict) -> list[str]:

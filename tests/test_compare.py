@@ -117,6 +117,11 @@ def test_seed_means_within_two_standard_errors_reproduce_a_real_shift_does_not()
     same = compare.check_same(committed, committed, 0.02)
     assert (same.identical, same.shared, same.max_rel) == (12, 12, 0.0)
     assert "values: 12 of 12 identical bit for bit\n" in same.text
+    # NaN = NaN is the same bits; a value that became infinite is an infinite difference, not a NaN one
+    key = ["song"]
+    assert compare.bitwise([dict(song="a", value=float("nan")), dict(song="b", value=1.0)],
+                           [dict(song="a", value=float("nan")), dict(song="b", value=float("inf"))], key) == \
+        dict(identical=1, shared=2, one_side=0, max_rel=float("inf"))
 
 
 def test_a_ranking_that_flips_within_tolerance_is_reported():

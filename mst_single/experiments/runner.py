@@ -110,6 +110,12 @@ class Plan:
         return f"{self.exp['name']}/{self.budget}"
 
 
+def variants_of(args) -> list[str]:
+    """--variant's values (a list from the CLI; one name from scripts that build the namespace)."""
+    v = getattr(args, "variant", None)
+    return [v] if isinstance(v, str) else list(v or [])
+
+
 def make_plan(args) -> Plan:
     """Everything a run of ``mst-single ablate`` will do, checked before anything is trained."""
     exp = C.load_experiment(args.experiment)
@@ -121,7 +127,7 @@ def make_plan(args) -> Plan:
     data = C.data_sets(exp, args.data)
     variants = list(exp["variants"])
     # --variant picks units (unit mode); `only_variants` (ablate --check --variant) keeps baselines and tables
-    unit_variants = [args.variant] if isinstance(args.variant, str) else list(args.variant or [])
+    unit_variants = variants_of(args)
     chosen = unit_variants or list(getattr(args, "only_variants", None) or [])
     if chosen:
         for v in chosen:
