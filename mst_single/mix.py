@@ -62,6 +62,9 @@ ALIGN_RATE = 16000
 ALIGN_SECONDS = 60.0
 SAME_VOCAL_SCORE = 5.0
 REFINE_STARTS = ("network", "ridge")  # --refine-start, refine: {start}: the network's setting or the style ridge's
+# --other-vocal, refine: {other_vocal}: what a reference that is not a mix of the raw gets (SAME_VOCAL_SCORE):
+# the checkpoint's house preset (model.house_preset, e17) or the refinement anyway
+OTHER_VOCAL = ("house", "refine")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +320,9 @@ def mixsheet(report: dict) -> str:
         f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
         f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
         "normalised [0, 1] space (robust to outlier segments)"
-        + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
+        + ("; the reference is not a mix of this vocal, so the checkpoint's house preset instead "
+           "(`--other-vocal house`), not refined on it" if (r.get("refine") or {}).get("house_preset") else
+           f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
            + (" from the checkpoint's style ridge (`--refine-start ridge`), not the network's setting,"
               if r["refine"].get("start") == "ridge" else "")
            + " and its output level set to the reference's loudness"
@@ -413,6 +418,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
              max_segments: int = DEFAULT_MAX_SEGMENTS, block_size: int = DEFAULT_BLOCK,
              progress: bool = False, command: list[str] | None = None, refine_steps: int = 0,
              refine_lr: float = 0.05, refine_crops: int = 4, refine_start: str = "network",
+             other_vocal: str | None = None,
              tail_seconds: float = 0.0) -> dict:
     """Mix the raw vocal `raw_path` with checkpoint `ckpt`, write OUT, OUT.params.json, OUT.mixsheet.md.
 
@@ -432,6 +438,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
             0: the network's setting as it is). refine_lr: Adam's step on the setting's logits;
             refine_crops: raw segments per step. refine_start: "network" (its setting) or "ridge" (the
             checkpoint's style ridge, ``model.style_ridge``; experiments/e09-refine, ridge-start).
+        other_vocal: with refinement, a reference that does not align with the raw (not a mix of this
+            vocal, ``reference_alignment``) gets "house": the checkpoint's house preset instead
+            (``model.house_preset``; experiments/e17), or "refine": refined on anyway, with a warning.
+            None: "house" when the checkpoint has one, else "refine".
         tail_seconds: seconds of silence appended to the raw and run through the chain, so that the
             reverb rings out past the raw's end (0: the output has the raw's length, sample for sample;
             the reverb's impulse response is 2.5 s long). Loudness matching reads the raw's length only.
@@ -463,6 +473,15 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
     if refine_start == "ridge" and not getattr(model, "style_ridge", False):
         raise MstError("--refine-start ridge needs a checkpoint trained with model.style_ridge: true, and this one "
                        "has no style ridge", ckpt, "use --refine-start network, or train with model.style_ridge: true")
+    has_house = bool(getattr(model, "house_preset", False))
+    if other_vocal is None:
+        other_vocal = "house" if has_house else "refine"
+    if other_vocal not in OTHER_VOCAL:
+        raise MstError(f"--other-vocal must be one of {', '.join(OTHER_VOCAL)}, got {other_vocal!r}",
+                       fix="e.g. --other-vocal house")
+    if other_vocal == "house" and refine_steps and not has_house:
+        raise MstError("--other-vocal house needs a checkpoint trained with model.house_preset: true, and this one "
+                       "has no house preset", ckpt, "use --other-vocal refine, or train with model.house_preset: true")
     if refine_steps < 0 or refine_crops < 1 or refine_lr <= 0:
         raise MstError(f"--refine-steps must be >= 0, --refine-crops >= 1 and --refine-lr > 0 (got "
                        f"{refine_steps}, {refine_crops}, {refine_lr})", fix="e.g. --refine-steps 30")
@@ -478,7 +497,13 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         if (out_path.exists() and os.path.samefile(src, out_path)) or out_path.resolve() == Path(src).resolve():
             raise MstError("the output would overwrite an input file", out_path, "choose another -o path")
     alignment = reference_alignment(info, rinfo) if refine_steps and rinfo is not None else None
-    if alignment and not alignment["same_vocal"]:
+    house = bool(alignment and not alignment["same_vocal"] and other_vocal == "house")
+    if house:
+        print(f"{reference}: not a mix of {raw_path.name} as far as alignment tells (score {alignment['score']:.2f} < "
+              f"{SAME_VOCAL_SCORE:g}): mixed with the checkpoint's house preset instead of refining on it "
+              "(--other-vocal house; --other-vocal refine makes the mix sound like the reference's vocal)",
+              file=sys.stderr)
+    elif alignment and not alignment["same_vocal"]:
         print(f"warning: {reference}: not a mix of {raw_path.name} as far as alignment tells (score "
               f"{alignment['score']:.2f} < {SAME_VOCAL_SCORE:g}): --refine-steps makes the mix sound like the reference's vocal, "
               "not like its processing; with another song's mix this was far worse than one preset for every song "
@@ -532,10 +557,13 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
 
             x, _ = normalize_loudness(raw_segs, msr, model.target_lufs,
                                       lufs=torch.full((raw_segs.shape[0],), ana["lufs"]))
-            if refine_start == "ridge":
-                p = model.style_ridge_start(x, ref_segs)
-            p = refine_setting(model.console, x, ref_segs, p, refine_steps, lr=refine_lr, crops=refine_crops,
-                               progress=progress)
+            if house:
+                p = model.house_start()
+            else:
+                if refine_start == "ridge":
+                    p = model.style_ridge_start(x, ref_segs)
+                p = refine_setting(model.console, x, ref_segs, p, refine_steps, lr=refine_lr, crops=refine_crops,
+                                   progress=progress)
         units_t = model.console.denormalize(p)
         units = {k: float(v[0]) for k, v in units_t.items()}
 
@@ -628,6 +656,7 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
                 "take_descriptors": (dict(zip(DESCRIPTOR_NAMES, ana["descriptors"].tolist())) if take else None),
                 "refine": ({"steps": int(refine_steps), "lr": float(refine_lr), "crops": int(refine_crops),
                             "start": refine_start, "reference_alignment": alignment,
+                            "other_vocal": other_vocal, "house_preset": house,
                             "network_params_normalized": dict(zip(model.console.param_names, p_network[0].tolist()))}
                            if refine_steps else None),
                 "segments": {
@@ -690,6 +719,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-start", choices=REFINE_STARTS, default="network",
                         help="where refinement starts: the network's setting, or the checkpoint's style ridge "
                              "(trained with model.style_ridge: true; experiments/e09-refine, ridge-start)")
+    parser.add_argument("--other-vocal", choices=OTHER_VOCAL, default=None,
+                        help="with --refine-steps, a reference that is not a mix of this vocal (it does not align "
+                             "with the raw) gets: house = the checkpoint's house preset (trained with "
+                             "model.house_preset: true; experiments/e17), refine = refined on anyway (the mix then "
+                             "sounds like the reference's vocal). Default: house when the checkpoint has one")
     parser.add_argument("--tail", type=float, default=0.0, metavar="SECONDS",
                         help="append this much silence to the raw and run it through the chain, so the reverb "
                              "rings out past the raw's end (its impulse response is 2.5 s; default 0: the output "
@@ -709,6 +743,8 @@ def _command(args) -> list[str]:
     if args.refine_steps:
         cmd += ["--refine-steps", str(args.refine_steps), "--refine-lr", str(args.refine_lr),
                 "--refine-crops", str(args.refine_crops), "--refine-start", args.refine_start]
+        if args.other_vocal is not None:
+            cmd += ["--other-vocal", args.other_vocal]
     return cmd
 
 
@@ -716,7 +752,8 @@ def run(args) -> int:
     report = mix_file(args.raw, args.out, args.ckpt, reference=args.reference, segment_seconds=args.segment_seconds,
                       max_segments=args.max_segments, block_size=args.block_size, progress=not args.quiet,
                       command=_command(args), refine_steps=args.refine_steps, refine_lr=args.refine_lr,
-                      refine_crops=args.refine_crops, refine_start=args.refine_start, tail_seconds=args.tail)
+                      refine_crops=args.refine_crops, refine_start=args.refine_start, tail_seconds=args.tail,
+                      other_vocal=args.other_vocal)
     print(mixsheet(report))
     print(f"wrote {report['output']} (+ .params.json, .mixsheet.md)")
     return 0

@@ -36,6 +36,10 @@ from mst_single.loudness import match_level_torch, normalize_loudness
 from mst_single.models import APPROACHES, build_controller, count_parameters
 from mst_single.style import RIDGE_FEATURES
 
+# model.house_preset's fit: the `cpu` budget's mean-preset settings (experiments/base.yaml), whose
+# patience was raised after a shorter one stopped a fold far from converged; segment: data.segment_seconds
+HOUSE_PRESET_FIT = dict(max_steps=500, patience=60, min_delta=0.001, lr=0.05, batch_size=8)
+
 # Parameter targets come from two commands; naming only ablate strands the user who made them with `targets`.
 TARGETS_FROM = "`mst-single targets DATA -o TARGETS.json` makes them for a folder; `mst-single ablate` fits its own per fold"
 REFIT_FOR_CONSOLE = ("refit them for this model's console: `mst-single targets DATA -o TARGETS.json --sample-rate RATE` "
@@ -113,6 +117,13 @@ class VocalMST(pl.LightningModule):
             and keep it in the checkpoint; test-time refinement can then start from it instead of the
             network's prediction (`refine: {start: ridge}`, `mix --refine-start ridge`; e09 ridge-start).
             The network itself is trained as without it.
+        house_preset: when `fit` starts, also fit one console setting over the training songs by the audio
+            loss (the `mean-preset` baseline's fit, `experiments.baselines.fit_mean_preset`, at
+            :data:`HOUSE_PRESET_FIT` with `data.segment_seconds`, seeded by the run's seed) and keep it in
+            the checkpoint (not refitted on resume). Test-time refinement mixes with it instead when the
+            reference is not a mix of this vocal (`refine: {other_vocal: house}`, `mix --other-vocal house`):
+            on data where each song is mixed on its own, another song's mix says nothing about this one's
+            setting, and copying its sound was far worse than one preset (e09, e13; e17).
     """
 
     def __init__(
@@ -143,6 +154,7 @@ class VocalMST(pl.LightningModule):
         descriptor_init: Literal["zero", "ridge"] = "zero",
         style_ridge: bool = False,
         style_ridge_renders: int = 30,
+        house_preset: bool = False,
     ):
         super().__init__()
         if approach not in APPROACHES:
@@ -196,6 +208,9 @@ class VocalMST(pl.LightningModule):
             for name, shape in (("mean", (d,)), ("std", (d,)), ("weight", (d, n)), ("bias", (n,)),
                                 ("strength", ()), ("samples", ())):
                 self.register_buffer(f"style_ridge_{name}", torch.full(shape, float("nan")))
+        self.house_preset = bool(house_preset)
+        if self.house_preset:  # NaN until on_fit_start fits it
+            self.register_buffer("house_setting", torch.full((1, self.console.num_params), float("nan")))
         self.loss_fn = MRSTFTL1Loss(**(loss or {}))
         self.num_parameters = count_parameters(self.controller)
         self._songs: list[str] = []  # songs of the batch in flight (named by the NaN guard)
@@ -326,6 +341,8 @@ class VocalMST(pl.LightningModule):
             self._init_descriptor_map()
         if self.style_ridge and not math.isfinite(float(self.style_ridge_strength)):  # not again on resume
             self._fit_style_ridge()
+        if self.house_preset and not torch.isfinite(self.house_setting).all():  # not again on resume
+            self._fit_house_preset()
 
     def _measure_house_lufs(self) -> float:
         from mst_single.audio import house_loudness
@@ -399,6 +416,39 @@ class VocalMST(pl.LightningModule):
                 getattr(self, f"style_ridge_{k}").copy_(v)
         rank_zero_info(f"style ridge: fitted on {int(fit['samples'])} console renders of {count} training and "
                        f"validation songs (strength {float(fit['strength']):g}, chosen by leave-one-out)")
+
+    def _fit_house_preset(self) -> None:
+        import copy
+
+        from mst_single.experiments.baselines import fit_mean_preset
+
+        dm = getattr(self.trainer, "datamodule", None)
+        songs = list((getattr(dm, "splits", None) or {}).get("train") or [])
+        if not songs:
+            raise MstError("model.house_preset needs the training songs to fit the preset on",
+                           fix="train with the VocalDataModule (`mst-single fit`), or set model.house_preset: false")
+        h = dm.hparams
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        # a CPU copy of the console: the fit reads its batches on the CPU, and the network's device
+        # and RNG stay untouched (the network trains bit for bit as without it)
+        p, info = fit_mean_preset(copy.deepcopy(self.console).cpu(), songs, target_lufs=self.target_lufs,
+                                  budget=dict(HOUSE_PRESET_FIT, segment_seconds=float(h.segment_seconds)), seed=seed,
+                                  silence_threshold_db=h.silence_threshold_db, progress=False)
+        with torch.no_grad():
+            self.house_setting.copy_(p.reshape(1, -1))
+        rank_zero_info(f"house preset: one setting fitted over the {len(songs)} training songs ({info.steps} steps, "
+                       f"{info.stopped_by}, loss {min(info.losses):.4f}); refinement mixes with it when the "
+                       "reference is not a mix of the raw")
+
+    def house_start(self) -> torch.Tensor:
+        """The house preset (1, P) in [0, 1] (``model.house_preset``), for a reference that is not a mix of
+        the raw (``refine: {other_vocal: house}``, ``mix --other-vocal house``)."""
+        if not self.house_preset or not torch.isfinite(self.house_setting).all():
+            raise MstError("this checkpoint has no house preset to mix with (it was trained without "
+                           "model.house_preset, or before `fit` started)",
+                           fix="refine on the reference anyway (`--other-vocal refine`, `refine: {other_vocal: "
+                               "refine}`), or train with model.house_preset: true (e17)")
+        return self.house_setting.detach().clone()
 
     def style_ridge_start(self, raw: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """The style ridge's setting (1, P) for a song's normalised raw segments (n, 1, samples) and its

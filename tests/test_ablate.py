@@ -3,6 +3,7 @@ tiny data (folds, W&B offline runs, reuse, --check), sweep export."""
 import argparse
 import csv
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def test_committed_experiments_load_and_state_their_command(name):
     first = (folder / "config.yaml").read_text().splitlines()[0]
     assert first.startswith(f"# mst-single ablate experiments/{name}")
     exp = C.load_experiment(folder)
-    assert exp["command"] == first[2:] and exp["question"] and len(exp["variants"]) >= 2
+    # one variant is enough for a recipe's own table (e16-e17): it is measured against the baselines
+    assert exp["command"] == first[2:] and exp["question"] and len(exp["variants"]) >= 1
     for budget in ("smoke", "cpu", "full"):
         for v in exp["variants"]:
             cfg = C.variant_config(exp, v, budget, "data/demo")
@@ -370,6 +372,18 @@ def test_refine_is_refused_for_approach2_before_anything_runs(tiny, tmp_path):
                                                       "overrides: {model.param_loss_weight: 1.0, model.style_ridge: true}"))
     unit = next(u for u in runner.make_plan(parse([exp_dir, "--budget", "test"])).units if u.variant == "approach1")
     assert unit.spec["refine"]["start"] == "ridge" and unit.config["model"]["style_ridge"] is True
+    assert not (exp_dir / "results").exists()
+    # the house preset for another vocal's mix needs runs that fit it (model.house_preset), and a known choice
+    text = (exp_dir / "config.yaml").read_text()
+    for refine, needle in (("other_vocal: house", "`refine: {other_vocal: house}` mixes with the model's house preset"),
+                           ("other_vocal: copy", "`refine: other_vocal:` must be one of house, refine")):
+        (exp_dir / "config.yaml").write_text(text.replace("start: ridge}", f"start: ridge, {refine}}}"))
+        with pytest.raises(MstError, match=re.escape(needle)):
+            runner.make_plan(parse([exp_dir, "--budget", "test"]))
+    (exp_dir / "config.yaml").write_text(text.replace("start: ridge}", "start: ridge, other_vocal: house}").replace(
+        "model.style_ridge: true}", "model.style_ridge: true, model.house_preset: true}"))
+    unit = next(u for u in runner.make_plan(parse([exp_dir, "--budget", "test"])).units if u.variant == "approach1")
+    assert unit.spec["refine"]["other_vocal"] == "house" and unit.config["model"]["house_preset"] is True
     assert not (exp_dir / "results").exists()
 
 

@@ -21,14 +21,15 @@ SR = 16000
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """approach -> last.ckpt of a one-epoch fit of the real config on tiny demo data (approach1-ridge:
-    approach1 with model.style_ridge; "data": the demo data folder)."""
+    approach1 with model.style_ridge; approach1-house: also model.house_preset; "data": the demo data folder)."""
     from mst_single.demo import make_demo_data
     from mst_single.train import cli_main
 
     tmp = tmp_path_factory.mktemp("mix")
     root = make_demo_data(tmp / "demo", songs=4, seconds=3, sample_rate=SR)
     out = {}
-    for approach, extra in (("approach1", []), ("approach2", []), ("approach1-ridge", ["--model.style_ridge", "true"])):
+    for approach, extra in (("approach1", []), ("approach2", []), ("approach1-ridge", ["--model.style_ridge", "true"]),
+                            ("approach1-house", ["--model.style_ridge", "true", "--model.house_preset", "true"])):
         rc = cli_main(["fit", "-c", str(REPO / "configs" / f"{approach.split('-')[0]}.yaml"), "--data.root", str(root),
                        "--data.sample_rate", str(SR), "--data.segment_seconds", "1", "--data.batch_size", "2",
                        "--data.train_segments_per_epoch", "2", "--data.val_fraction", "0.25",
@@ -277,6 +278,77 @@ def test_mix_refine_start_ridge_starts_from_the_checkpoints_style_ridge(ckpts, t
                        "--refine-start", "ridge", "--quiet", *args])
         assert rc == 2 and needle in capsys.readouterr().err
         assert not (tmp_path / "no.wav").exists()
+
+
+def test_house_preset_is_fitted_when_fit_starts_and_another_vocals_mix_gets_it(ckpts, tmp_path, capsys):
+    """model.house_preset (e17): one setting fitted over the training songs when `fit` starts, kept in the
+    checkpoint, the network trained bit for bit as without it. With refinement, a reference that is not a mix
+    of the raw gets that preset (`mix --other-vocal house`, the default when the checkpoint has one;
+    `refine: {other_vocal: house}` in the evaluation); a mix of this vocal is refined on as before."""
+    from mst_single.experiments import evaluate as E
+    from mst_single.losses import MRSTFTL1Loss
+
+    ridged, housed = load_model(ckpts["approach1-ridge"])[0], load_model(ckpts["approach1-house"])[0]
+    house = housed.house_start()
+    assert house.shape == (1, housed.console.num_params) and ((house >= 0) & (house <= 1)).all()
+    assert not hasattr(ridged, "house_setting")
+    a, b = ridged.state_dict(), housed.state_dict()
+    assert set(b) - set(a) == {"house_setting"} and all(torch.equal(a[k], b[k]) for k in a)
+    # it is a fitted preset: on the training songs' segments it beats the console's neutral setting
+    train = E.TestSet(ckpts["data"], sample_rate=SR, segment_seconds=1.0, val_fraction=0.25, test_fraction=0.25)
+    train.songs = train.splits["train"]  # the fit's split: score the preset on the songs it was fitted on
+    seg = train.segments("same")
+    items = [seg[i] for i in range(len(seg))]
+    x = torch.stack([it["raw"] for it in items])
+    from mst_single.loudness import normalize_loudness
+
+    x, _ = normalize_loudness(x, SR, housed.target_lufs, lufs=torch.stack([it["raw_lufs"] for it in items]))
+    y, loss = torch.stack([it["mixed"] for it in items]), MRSTFTL1Loss()
+    with torch.no_grad():
+        scores = [float(loss(housed.console(x, q.expand(len(x), -1)), y)["loss"])
+                  for q in (house, housed.console.default_params(1))]
+    assert scores[0] < scores[1]
+
+    raw, mixed = ckpts["data"] / "raw", ckpts["data"] / "mixed"
+    song, other = sorted(p.name for p in raw.iterdir())[:2]
+    runs = {}
+    for name, ref, args in (("own", mixed / song, []), ("other", mixed / other, []),
+                            ("anyway", mixed / other, ["--other-vocal", "refine"])):
+        out = tmp_path / f"{name}.wav"
+        assert cli.main(["mix", str(raw / song), "-o", str(out), "--ckpt", str(ckpts["approach1-house"]), "--reference",
+                         str(ref), "--refine-steps", "2", "--refine-start", "ridge", "--quiet", *args]) == 0
+        runs[name] = (json.loads(Path(f"{out}.params.json").read_text()), capsys.readouterr().err,
+                      Path(f"{out}.mixsheet.md").read_text())
+    (own, own_err, _), (oth, oth_err, oth_sheet), (anyway, any_err, _) = runs["own"], runs["other"], runs["anyway"]
+    names = housed.console.param_names
+    assert oth["refine"]["house_preset"] and oth["refine"]["other_vocal"] == "house"
+    assert [oth["params_normalized"][k] for k in names] == pytest.approx(house[0].tolist(), abs=1e-6)
+    assert f"{mixed / other}: not a mix of {song}" in oth_err and "house preset instead" in oth_err
+    assert "warning" not in oth_err and "the checkpoint's house preset" in oth_sheet
+    for r in (own, anyway):  # a mix of this vocal, or --other-vocal refine: refined, not the preset
+        assert not r["refine"]["house_preset"]
+        assert max(abs(r["params_normalized"][k] - oth["params_normalized"][k]) for k in names) > 1e-3
+    assert "warning" not in own_err and f"warning: {mixed / other}: not a mix of {song}" in any_err
+    assert anyway["refine"]["other_vocal"] == "refine" and "--other-vocal" in anyway["provenance"]["command"]
+    # the evaluation does the same per song: `other` references get the preset, `song` references are
+    # refined on exactly as without the gate
+    testset = E.TestSet(ckpts["data"], sample_rate=SR, segment_seconds=1.0, val_fraction=0.25, test_fraction=0.25)
+    testset.songs = [s for k in ("train", "val", "test") for s in testset.splits[k]]  # `other`: 3 others each
+    refine = {"steps": 1, "lr": 0.05, "crops": 1, "match_level": False, "start": "ridge"}
+    gated = dict(refine, other_vocal="house")
+    for policy in ("other", "song"):
+        got, plain = (E.predict_settings(housed, testset, policy, progress=False, refine=r) for r in (gated, refine))
+        for n in testset.names:
+            if policy == "other":
+                assert torch.equal(got[n], house)
+            else:
+                assert torch.equal(got[n], plain[n]) and not torch.equal(got[n], house)
+    # a checkpoint without a house preset cannot be asked for one; nothing is written
+    rc = cli.main(["mix", str(raw / song), "-o", str(tmp_path / "no.wav"), "--ckpt", str(ckpts["approach1-ridge"]),
+                   "--reference", str(mixed / other), "--refine-steps", "2", "--other-vocal", "house", "--quiet"])
+    assert rc == 2 and "has no house preset" in capsys.readouterr().err and not (tmp_path / "no.wav").exists()
+    with pytest.raises(MstError, match="has no house preset"):
+        E.predict_settings(ridged, testset, "other", progress=False, refine=gated)
 
 
 def test_style_ridge_reads_one_song_at_a_time_and_at_most_its_cap_of_segments(tmp_path, monkeypatch):

@@ -49,7 +49,8 @@ def _bool(v) -> bool:
 
 
 REFINE_KEYS = {"steps": int, "lr": float, "crops": int, "match_level": _bool,  # style.refine_setting's arguments
-               "start": str}  # + where it starts: mix.REFINE_STARTS
+               "start": str,  # + where it starts: mix.REFINE_STARTS
+               "other_vocal": str}  # + what a reference that is not a mix of this vocal gets: mix.OTHER_VOCAL
 TARGET_SOURCES = ("oracle", "oracle-prior", "truth")  # where the parameter targets come from (runner.prepare_targets)
 PRIOR_WEIGHT = 0.05  # oracle-prior: pull toward the fold's median fit (``param_target_prior_weight:`` overrides)
 DEMO_BUILD = "mst-single demo-data {folder}"
@@ -178,7 +179,7 @@ def load_experiment(folder: Path) -> dict:
 
 
 def refine_settings(refine, what: str, path) -> dict:
-    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops, match_level, start}; steps >= 1
+    """A variant's ``refine:`` mapping checked and typed ({steps, lr, crops, match_level, start, other_vocal}; steps >= 1
     required)."""
     if not isinstance(refine, dict) or "steps" not in refine or set(refine) - set(REFINE_KEYS):
         raise MstError(f"{what}: `refine:` must be a mapping with `steps` (and optionally lr, crops, match_level), "
@@ -193,6 +194,12 @@ def refine_settings(refine, what: str, path) -> dict:
     if out.get("start", "network") not in REFINE_STARTS:
         raise MstError(f"{what}: `refine: start:` must be one of {', '.join(REFINE_STARTS)}, got {out['start']!r}",
                        path, "`start: ridge` needs the runs trained with model.style_ridge: true (e09 ridge-start)")
+    from mst_single.mix import OTHER_VOCAL
+
+    if out.get("other_vocal", "refine") not in OTHER_VOCAL:
+        raise MstError(f"{what}: `refine: other_vocal:` must be one of {', '.join(OTHER_VOCAL)}, got "
+                       f"{out['other_vocal']!r}", path, "`other_vocal: house` needs the runs trained with "
+                       "model.house_preset: true (e17)")
     if out["steps"] < 1 or out.get("crops", 1) < 1 or out.get("lr", 1.0) <= 0:
         raise MstError(f"{what}: `refine:` needs steps >= 1, crops >= 1 and lr > 0, got {refine!r}", path,
                        "remove `refine:` for no refinement")

@@ -263,26 +263,51 @@ def _units(console, p: torch.Tensor) -> dict:
 
 
 def song_segments(dataset, name: str, sample_rate: int, target_lufs: float,
-                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                  device: str | torch.device = "cpu", reference_songs: bool = False):
     """A song's test-grid segments: raw (n, 1, samples) loudness-normalised as the network saw them,
-    and the references (n, 2, samples) they were given (what test-time refinement works on)."""
+    and the references (n, 2, samples) they were given (what test-time refinement works on); with
+    ``reference_songs``, also the name of the song each reference was cut from (n,)."""
     from mst_single.loudness import normalize_loudness
 
     items = [dataset[i] for i, (si, _) in enumerate(dataset.grid) if dataset.songs[si].name == name]
     raw, _ = normalize_loudness(torch.stack([it["raw"] for it in items]).to(device), sample_rate, target_lufs,
                                 lufs=torch.stack([it["raw_lufs"] for it in items]).to(device))
-    return raw, torch.stack([it["reference"] for it in items]).to(device)
+    out = raw, torch.stack([it["reference"] for it in items]).to(device)
+    return (*out, [it["reference_song"] for it in items]) if reference_songs else out
+
+
+_SAME_VOCAL: dict[tuple[str, str], bool] = {}  # (raw path, mixed path) -> aligned, once per process
+
+
+def same_vocal(dataset, name: str, reference_song: str) -> bool:
+    """Is ``reference_song``'s mix a mix of ``name``'s raw vocal, as `mix` tells it (``mix.reference_alignment``:
+    the files aligned, not the names compared)?"""
+    from mst_single.mix import reference_alignment
+
+    song, ref = (next(s for s in dataset.songs if s.name == n) for n in (name, reference_song))
+    key = (str(song.raw_path), str(ref.mixed_path))
+    if key not in _SAME_VOCAL:
+        _SAME_VOCAL[key] = reference_alignment(song.raw_info(), ref.mixed_info())["same_vocal"]
+    return _SAME_VOCAL[key]
 
 
 def refine_song_params(model, dataset, name: str, p: torch.Tensor, refine: dict, seed: int = 0) -> torch.Tensor:
     """``style.refine_setting`` of the song's predicted setting p (1, P) on the references its
     test-grid segments were given (:func:`song_segments`) -> (1, P) on the CPU. ``refine["start"]``
-    "ridge": start from the model's style ridge (``VocalMST.style_ridge_start``) instead of p."""
+    "ridge": start from the model's style ridge (``VocalMST.style_ridge_start``) instead of p.
+    ``refine["other_vocal"]`` "house": only the references that are mixes of this vocal (:func:`same_vocal`)
+    are refined on; with none, the song gets the model's house preset (``VocalMST.house_start``), as
+    ``mix --other-vocal house`` does."""
     from mst_single.style import refine_setting
 
     device = _device(model)
-    raw, ref = song_segments(dataset, name, model.sample_rate, model.target_lufs, device)
-    kw = {k: v for k, v in refine.items() if k != "start"}
+    raw, ref, ref_songs = song_segments(dataset, name, model.sample_rate, model.target_lufs, device, reference_songs=True)
+    if refine.get("other_vocal", "refine") == "house":
+        keep = [same_vocal(dataset, name, r) for r in ref_songs]
+        if not any(keep):
+            return model.house_start().cpu()
+        ref = ref[torch.tensor(keep, device=ref.device)]
+    kw = {k: v for k, v in refine.items() if k not in ("start", "other_vocal")}
     start = model.style_ridge_start(raw, ref) if refine.get("start") == "ridge" else p.to(device)
     with torch.enable_grad():
         return refine_setting(model.console, raw, ref, start, seed=seed, **kw).cpu()

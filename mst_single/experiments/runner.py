@@ -214,6 +214,10 @@ def _unit(plan: Plan, variant: str, data: str, fold: int, seed: int) -> Unit:
         raise MstError(f"variant {variant!r}: `refine: {{start: ridge}}` starts from the model's style ridge, which "
                        "only runs trained with model.style_ridge: true have", Path(exp["folder"]) / C.CONFIG_NAME,
                        "add `model.style_ridge: true` to the variant's overrides, or `start: network`")
+    if refine and refine.get("other_vocal") == "house" and not (cfg.get("model") or {}).get("house_preset"):
+        raise MstError(f"variant {variant!r}: `refine: {{other_vocal: house}}` mixes with the model's house preset, "
+                       "which only runs trained with model.house_preset: true have", Path(exp["folder"]) / C.CONFIG_NAME,
+                       "add `model.house_preset: true` to the variant's overrides, or `other_vocal: refine`")
     targets = exp["variants"][variant].get("param_targets", "oracle") if uses_targets(cfg) else None
     if targets:  # each training song's oracle (or true) setting, written by prepare_targets before training
         cfg["data"]["param_targets"] = str(targets_file(plan.runs_dir, data, fold, targets))
