@@ -433,7 +433,7 @@ class VocalMST(pl.LightningModule):
         # and RNG stay untouched (the network trains bit for bit as without it)
         p, info = fit_mean_preset(copy.deepcopy(self.console).cpu(), songs, target_lufs=self.target_lufs,
                                   budget=dict(HOUSE_PRESET_FIT, segment_seconds=float(h.segment_seconds)), seed=seed,
-                                  silence_threshold_db=h.silence_threshold_db, progress=False)
+                                  silence_threshold_db=h.silence_threshold_db, desc="house preset")
         with torch.no_grad():
             self.house_setting.copy_(p.reshape(1, -1))
         rank_zero_info(f"house preset: one setting fitted over the {len(songs)} training songs ({info.steps} steps, "

@@ -141,7 +141,7 @@ def _normalised_batch(items: list[dict], console, target_lufs: float) -> tuple[t
 
 def fit_mean_preset(console, songs, *, target_lufs: float, budget: dict | None = None, seed: int = 0,
                     silence_threshold_db: float = -50.0, loss_fn=None,
-                    progress: bool = True) -> tuple[torch.Tensor, FitInfo]:
+                    progress: bool = True, desc: str = "mean-preset") -> tuple[torch.Tensor, FitInfo]:
     """The ``mean-preset`` baseline: one setting (1, P) fitted over random segments of ``songs``
     (``SongInfo`` list: the training songs), drawn by ``VocalReferenceDataset(split="train", seed=seed)``."""
     from mst_single.data import VocalReferenceDataset
@@ -156,7 +156,7 @@ def fit_mean_preset(console, songs, *, target_lufs: float, budget: dict | None =
     # rising (a baseline understated, every model's gap overstated). Committed baselines ran far longer.
     return fit_setting(console, lambda step: _normalised_batch([ds[step * bs + i] for i in range(bs)], console, target_lufs),
                        max_steps=int(b["max_steps"]), lr=float(b["lr"]), patience=int(b["patience"]),
-                       min_delta=float(b["min_delta"]), loss_fn=loss_fn, desc="mean-preset", progress=progress,
+                       min_delta=float(b["min_delta"]), loss_fn=loss_fn, desc=desc, progress=progress,
                        min_steps=2 * int(b["patience"]))
 
 
