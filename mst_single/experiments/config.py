@@ -16,7 +16,10 @@ Experiment config (its first line is the command that runs it)::
                                                 # oracle's fits (default), oracle-prior (refitted
                                                 # toward the fold's median fit) or truth.json (demo data)
         refine: {steps: 30, crops: 4}           # optional, Approach 1: at evaluation, refine each song's
-                                                # setting on its references' style (mst_single/style.py)
+                                                # setting on its references' style (mst_single/style.py);
+                                                # start: network | ridge, other_vocal: refine | house (a
+                                                # reference that is not a mix of this vocal gets the
+                                                # model's house preset, model.house_preset; e17)
     eval: {reference_policies: [other]}        # optional: anything of the base to change
 
 The experiment config is deep-merged over its base (``base:``, default ``../base.yaml``; mappings
