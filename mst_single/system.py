@@ -37,14 +37,30 @@ from mst_single.models import APPROACHES, build_controller, count_parameters
 from mst_single.style import RIDGE_FEATURES
 
 # model.house_preset's fit: the `cpu` budget's mean-preset settings (experiments/base.yaml), whose
-# patience was raised after a shorter one stopped a fold far from converged; segment: data.segment_seconds
+# patience was raised after a shorter one stopped a fold far from converged; segment: data.segment_seconds.
+# Seed 0, as the baselines': one preset per training set whatever the run's seed, so that the runs of a
+# fold and the `mean-preset` baseline share one fit (cached in data.cache_dir)
 HOUSE_PRESET_FIT = dict(max_steps=500, patience=60, min_delta=0.001, lr=0.05, batch_size=8)
+HOUSE_PRESET_SEED = 0
 
 # Parameter targets come from two commands; naming only ablate strands the user who made them with `targets`.
 TARGETS_FROM = "`mst-single targets DATA -o TARGETS.json` makes them for a folder; `mst-single ablate` fits its own per fold"
 REFIT_FOR_CONSOLE = ("refit them for this model's console: `mst-single targets DATA -o TARGETS.json --sample-rate RATE` "
                      "fits the console with every stage on; for a model with stages off (model.stages), rerun "
                      "`mst-single ablate`, which fits the stages each variant trains")
+
+
+def house_preset_fit(console, songs, target_lufs: float, segment_seconds: float, silence_threshold_db: float,
+                     cache_dir=None, refit: bool = False):
+    """``model.house_preset``'s fit over the training ``songs`` (``baselines.fit_mean_preset`` at
+    :data:`HOUSE_PRESET_FIT`, seed :data:`HOUSE_PRESET_SEED`; cached in ``cache_dir`` when given) -> (p (1, P), FitInfo).
+    `ablate` calls it for every fold before the runs start (``runner.prepare_house_presets``)."""
+    from mst_single.experiments.baselines import fit_mean_preset
+
+    return fit_mean_preset(console, songs, target_lufs=float(target_lufs), seed=HOUSE_PRESET_SEED,
+                           budget=dict(HOUSE_PRESET_FIT, segment_seconds=float(segment_seconds)),
+                           silence_threshold_db=silence_threshold_db, desc="house preset", cache_dir=cache_dir,
+                           refit=refit)
 
 
 class VocalMST(pl.LightningModule):
@@ -118,8 +134,8 @@ class VocalMST(pl.LightningModule):
             network's prediction (`refine: {start: ridge}`, `mix --refine-start ridge`; e09 ridge-start).
             The network itself is trained as without it.
         house_preset: when `fit` starts, also fit one console setting over the training songs by the audio
-            loss (the `mean-preset` baseline's fit, `experiments.baselines.fit_mean_preset`, at
-            :data:`HOUSE_PRESET_FIT` with `data.segment_seconds`, seeded by the run's seed) and keep it in
+            loss (the `mean-preset` baseline's fit, :func:`house_preset_fit`: `data.segment_seconds`, seed 0, cached
+            in `data.cache_dir`) and keep it in
             the checkpoint (not refitted on resume). Test-time refinement mixes with it instead when the
             reference is not a mix of this vocal (`refine: {other_vocal: house}`, `mix --other-vocal house`):
             on data where each song is mixed on its own, another song's mix says nothing about this one's
@@ -420,20 +436,16 @@ class VocalMST(pl.LightningModule):
     def _fit_house_preset(self) -> None:
         import copy
 
-        from mst_single.experiments.baselines import fit_mean_preset
-
         dm = getattr(self.trainer, "datamodule", None)
         songs = list((getattr(dm, "splits", None) or {}).get("train") or [])
         if not songs:
             raise MstError("model.house_preset needs the training songs to fit the preset on",
                            fix="train with the VocalDataModule (`mst-single fit`), or set model.house_preset: false")
         h = dm.hparams
-        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         # a CPU copy of the console: the fit reads its batches on the CPU, and the network's device
         # and RNG stay untouched (the network trains bit for bit as without it)
-        p, info = fit_mean_preset(copy.deepcopy(self.console).cpu(), songs, target_lufs=self.target_lufs,
-                                  budget=dict(HOUSE_PRESET_FIT, segment_seconds=float(h.segment_seconds)), seed=seed,
-                                  silence_threshold_db=h.silence_threshold_db, desc="house preset")
+        p, info = house_preset_fit(copy.deepcopy(self.console).cpu(), songs, self.target_lufs, h.segment_seconds,
+                                   h.silence_threshold_db, h.cache_dir)
         with torch.no_grad():
             self.house_setting.copy_(p.reshape(1, -1))
         rank_zero_info(f"house preset: one setting fitted over the {len(songs)} training songs ({info.steps} steps, "

@@ -684,6 +684,30 @@ def test_a_lucky_first_batch_does_not_stop_the_mean_preset_early(monkeypatch):
     assert seen["min_steps"] == 20 and seen["patience"] == 10
 
 
+def test_the_mean_preset_is_cached_by_its_songs_and_settings(make_data, tmp_path, monkeypatch):
+    """`fit_mean_preset(cache_dir=...)`: the same songs and settings read the fit back bit for bit, anything
+    that changes the fit (seed, the songs or their order) fits again, and `refit` refits."""
+    from mst_single.console import VocalConsole
+    from mst_single.data import index_songs
+    from mst_single.experiments import baselines as B
+
+    songs = index_songs(make_data(songs=3, seconds=2.0), 16000)
+    console = VocalConsole(16000)
+    kw = dict(target_lufs=-23.0, budget=dict(max_steps=4, patience=2, min_delta=0.01, lr=0.1, batch_size=2,
+                                               segment_seconds=0.5), progress=False, cache_dir=tmp_path)
+    p, info = B.fit_mean_preset(console, songs, seed=0, **kw)
+    assert len(list(tmp_path.glob("mean-preset-*.json"))) == 1 and 1 <= info.steps <= 4
+    fitted = []
+    real = B._fit_mean_preset
+    monkeypatch.setattr(B, "_fit_mean_preset", lambda *a: fitted.append(a) or real(*a))
+    again, info2 = B.fit_mean_preset(console, songs, seed=0, **kw)
+    assert not fitted and torch.equal(again, p) and info2.steps == info.steps and info2.losses == info.losses
+    for other in (dict(seed=1), dict(songs=songs[::-1]), dict(songs=songs[:2]), dict(refit=True)):
+        args = {**kw, "seed": 0, **other}
+        B.fit_mean_preset(console, args.pop("songs", songs), **args)
+    assert len(fitted) == 4 and len(list(tmp_path.glob("mean-preset-*.json"))) == 4  # refit replaced its own
+
+
 def test_the_oracle_fits_with_restarts_picks_the_best_on_the_whole_song_and_is_cached(make_data, tmp_path, monkeypatch):
     from mst_single.console import VocalConsole
     from mst_single.data import index_songs
@@ -829,6 +853,48 @@ def wandb_runs(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+def test_house_preset_runs_share_one_fit_per_fold_with_the_mean_preset_baseline(tiny, tmp_path, capsys, monkeypatch):
+    """`model.house_preset` + `refine: {other_vocal: house}` (e17): `ablate` fits each fold's house preset once
+    before the runs start, the runs and the `mean-preset` baseline (at the same settings) read that fit, and
+    with another song's mix every test song gets exactly the mean preset's setting, while the song's own mix
+    is refined on."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from mst_single.system import HOUSE_PRESET_FIT
+
+    _, data = tiny
+    exp_dir = write_experiment(tmp_path / "exp-house", data)
+    house = dict(HOUSE_PRESET_FIT, segment_seconds=1.0)
+    text = (exp_dir / "config.yaml").read_text()
+    text = text[:text.index("  approach2:")] + text[text.index("budgets:"):]  # approach1 only
+    text = text.replace("overrides: {model.param_loss_weight: 1.0}", "overrides: {model.param_loss_weight: 1.0, "
+                        "model.style_ridge: true, model.house_preset: true}")
+    text = text.replace("refine: {steps: 2, crops: 1}", "refine: {steps: 2, crops: 1, start: ridge, other_vocal: house}")
+    text = text.replace("mean_preset: {max_steps: 6, patience: 2, min_delta: 0.01, batch_size: 2, segment_seconds: 1.0, "
+                        "lr: 0.1}", "mean_preset: " + json.dumps(house))
+    (exp_dir / "config.yaml").write_text(text + "  reference_policies: [other, song]\n")
+    assert cli([exp_dir, "--budget", "test", "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "house presets: 2 training set(s)" in printed and "house preset fold 1 (demo):" in printed
+    out = exp_dir / "results" / "test"
+    assert len(list((out / "runs" / "_cache").glob("mean-preset-*.json"))) == 2  # one per fold, for runs and baseline
+    settings = {}
+    for r in csv.DictReader(open(out / "predictions.csv")):
+        settings.setdefault((r["variant"], r["eval_policy"], r["fold"], r["song"]), {})[r["param"]] = r["value"]
+    songs = {(k[2], k[3]) for k in settings if k[0] == "mean-preset"}
+    assert len(songs) == len(F.song_names(data))
+    for fold, song in songs:
+        preset = settings[("mean-preset", "-", fold, song)]
+        assert settings[("approach1", "other", fold, song)] == preset  # as written: bit for bit
+        assert settings[("approach1", "song", fold, song)] != preset
+    from mst_single.mix import load_model
+
+    for fold in (0, 1):
+        model = load_model(out / "runs" / f"approach1-demo-f{fold}-s0" / "checkpoints" / "last.ckpt")[0]
+        song = next(s for f, s in songs if f == str(fold))
+        want = [float(settings[("mean-preset", "-", str(fold), song)][k]) for k in model.console.param_names]
+        assert model.house_start()[0].tolist() == want
+
+
 def test_ablate_with_folds_end_to_end_then_reuse_and_check(tiny, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     folder, data = tiny

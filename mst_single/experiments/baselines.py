@@ -139,14 +139,46 @@ def _normalised_batch(items: list[dict], console, target_lufs: float) -> tuple[t
     return raw, target
 
 
+def _mean_preset_key(songs, console, target_lufs, budget, seed, silence_threshold_db, loss_fn) -> str:
+    from mst_single.experiments.config import stable_hash
+
+    files = [[s.name, file_digest(s.raw_path), file_digest(s.mixed_path), s.lag, s.raw_offset, s.mixed_offset, s.length]
+             for s in songs]  # the order too: it decides which segments are drawn
+    loss = "default" if loss_fn is None else repr(loss_fn)
+    return stable_hash(["mean-preset", 1, files, console.sample_rate, console.stages, target_lufs, budget, seed,
+                        silence_threshold_db, loss])
+
+
 def fit_mean_preset(console, songs, *, target_lufs: float, budget: dict | None = None, seed: int = 0,
-                    silence_threshold_db: float = -50.0, loss_fn=None,
-                    progress: bool = True, desc: str = "mean-preset") -> tuple[torch.Tensor, FitInfo]:
+                    silence_threshold_db: float = -50.0, loss_fn=None, progress: bool = True,
+                    desc: str = "mean-preset", cache_dir: str | os.PathLike | None = None,
+                    refit: bool = False) -> tuple[torch.Tensor, FitInfo]:
     """The ``mean-preset`` baseline: one setting (1, P) fitted over random segments of ``songs``
-    (``SongInfo`` list: the training songs), drawn by ``VocalReferenceDataset(split="train", seed=seed)``."""
+    (``SongInfo`` list: the training songs), drawn by ``VocalReferenceDataset(split="train", seed=seed)``.
+
+    With ``cache_dir``: kept in ``cache_dir/mean-preset-<hash>.json``, keyed by the songs (their files'
+    sha256, alignment, order), sample rate, console stages, loudness target, budget, seed, silence
+    threshold and loss, so that the same fit is made once (the ``mean-preset`` baseline and the
+    ``model.house_preset`` of every run on that training set); ``refit`` ignores and replaces it."""
+    b = _budget(budget)
+    cache = None
+    if cache_dir:
+        cache = Path(cache_dir) / f"mean-preset-{_mean_preset_key(songs, console, target_lufs, b, seed, silence_threshold_db, loss_fn)}.json"
+        if cache.exists() and not refit:
+            saved = json.loads(cache.read_text())
+            return torch.tensor([saved["p"]], dtype=torch.float32), FitInfo(**saved["info"])
+    p, info = _fit_mean_preset(console, songs, b, target_lufs, seed, silence_threshold_db, loss_fn, progress, desc)
+    if cache is not None:
+        from mst_single.fileio import write_json
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, {"p": [float(v) for v in p.reshape(-1)], "info": asdict(info)})
+    return p, info
+
+
+def _fit_mean_preset(console, songs, b, target_lufs, seed, silence_threshold_db, loss_fn, progress, desc):
     from mst_single.data import VocalReferenceDataset
 
-    b = _budget(budget)
     bs = int(b["batch_size"])
     ds = VocalReferenceDataset(split="train", sample_rate=console.sample_rate, segment_seconds=b["segment_seconds"],
                                reference_policy="same", segments_per_epoch=int(b["max_steps"]) * bs,

@@ -332,6 +332,48 @@ def prepare_targets(plan: Plan, force: bool = False, jobs: int = 1) -> None:
                           "params": {n: p.reshape(-1).tolist() for n, (p, _) in sorted(fits.items())}})
 
 
+def prepare_house_presets(plan: Plan, force: bool = False, jobs: int = 1) -> None:
+    """Per data set × fold whose runs use ``model.house_preset``: fit that preset (``system.house_preset_fit``)
+    into the runs' data cache before they start, the folds ``jobs`` at a time, so that a fold's runs (and
+    its `mean-preset` baseline, at the same settings) read one fit instead of each making it at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = {}
+    for u in plan.units:
+        if (u.config.get("model") or {}).get("house_preset") and (force or not unit_done(u)):
+            todo.setdefault((u.data, u.fold), u)
+    if not todo:
+        return
+    say(f"house presets: {len(todo)} training set(s) (model.house_preset), fitted before the runs start")
+    t0, args = time.time(), [(u.eval_data, u.config.get("model") or {}, force) for _, u in sorted(todo.items())]
+    if jobs > 1 and len(args) > 1:
+        with ProcessPoolExecutor(min(jobs, len(args))) as pool:
+            done = list(pool.map(_house_preset, args))
+    else:
+        done = [_house_preset(a) for a in args]
+    for ((d, f), _), (steps, stopped_by, seconds) in zip(sorted(todo.items()), done):
+        say(f"house preset fold {f} ({d}): {steps} steps ({stopped_by}), {seconds:.0f} s")
+    say(f"house presets: {time.time() - t0:.0f} s in all")
+
+
+def _house_preset(args) -> tuple[int, str, float]:
+    """One fold's house preset, as ``VocalMST`` fits it when `fit` starts, into the runs' data cache (in a
+    worker: one torch thread) -> (steps, stopped_by, seconds)."""
+    import torch
+
+    from mst_single.console import VocalConsole
+    from mst_single.experiments import evaluate as E
+    from mst_single.system import house_preset_fit
+
+    eval_data, model, force = args
+    torch.set_num_threads(1)
+    t0, testset = time.time(), E.TestSet(**eval_data)
+    _, info = house_preset_fit(VocalConsole(int(testset.sample_rate), model.get("stages")), testset.splits["train"],
+                               float(model.get("target_lufs", -23.0)), testset.segment_seconds,
+                               testset.silence_threshold_db, eval_data.get("cache_dir"), refit=force)
+    return info.steps, info.stopped_by, time.time() - t0
+
+
 def fit_prior(plan: Plan, model: dict, songs: list, console, fits: dict, force: bool = False, jobs: int = 1) -> dict:
     """The ``oracle-prior`` targets: ``songs`` refitted from the median of their oracle ``fits``,
     pulled toward it (``C.prior_weight``); cached with the oracle's fits."""
@@ -638,9 +680,11 @@ def run_baselines(plan: Plan, data: str, fold: int, force: bool = False) -> dict
         if name in ("identity", "identity-level-matched"):
             results = E.evaluate_identity(testset, target_lufs, level_matched=name == "identity-level-matched")
         elif name == "mean-preset":
+            # cached with the runs' data: a `model.house_preset` at the same settings is this very fit
             p, info = B.fit_mean_preset(console, testset.splits["train"], target_lufs=target_lufs,
                                         budget=settings.get("mean_preset"), seed=seed,
-                                        silence_threshold_db=eval_data.get("silence_threshold_db", -50.0))
+                                        silence_threshold_db=eval_data.get("silence_threshold_db", -50.0),
+                                        cache_dir=eval_data.get("cache_dir"), refit=force)
             fit_info = {"steps": info.steps, "stopped_by": info.stopped_by, "loss_first": info.losses[0],
                         "loss_last": info.losses[-1], "train_songs": len(testset.splits["train"])}
             steps = info.steps
@@ -729,6 +773,7 @@ def execute(plan: Plan, force: bool = False, jobs: int = 1) -> dict:
 
     prepare_data(plan)
     prepare_targets(plan, force, jobs)
+    prepare_house_presets(plan, force, jobs)
     units, n, code = plan.units, len(plan.units), code_fingerprint()
 
     def one(i):
