@@ -318,15 +318,16 @@ def mixsheet(report: dict) -> str:
     head += [
         f"- Loudness: input {r['input_lufs']:.1f} LUFS, normalised to {r['target_lufs']:.1f} LUFS "
         f"({_signed(r['normalization_gain_db'], 'dB')}) before the chain",
-        f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
-        "normalised [0, 1] space (robust to outlier segments)"
-        + ("; the reference is not a mix of this vocal, so the checkpoint's house preset instead "
-           "(`--other-vocal house`), not refined on it" if (r.get("refine") or {}).get("house_preset") else
-           f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
+        ("- Settings: the checkpoint's house preset (`--other-vocal house`): the reference is not a mix of this "
+         "vocal, so it was not refined on"
+         if (r.get("refine") or {}).get("house_preset") else
+         f"- Settings: median of {len(segs['raw'])} segment(s) of {segs['seconds']:g} s, per parameter in the "
+         "normalised [0, 1] space (robust to outlier segments)"
+         + (f", then refined on the reference's style for {r['refine']['steps']} steps (`--refine-steps`)"
            + (" from the checkpoint's style ridge (`--refine-start ridge`), not the network's setting,"
               if r["refine"].get("start") == "ridge" else "")
            + " and its output level set to the reference's loudness"
-           if r.get("refine") else ""),
+           if r.get("refine") else "")),
         f"- Output: stereo, {sr / 1000:g} kHz, peak {r['output_peak_dbfs']:.1f} dBFS"
         + (f", normalised to the house loudness {r['output_lufs']:.1f} LUFS by the output gain"
            if r.get("output_lufs") is not None else ""),

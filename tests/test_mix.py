@@ -324,7 +324,8 @@ def test_house_preset_is_fitted_when_fit_starts_and_another_vocals_mix_gets_it(c
     assert oth["refine"]["house_preset"] and oth["refine"]["other_vocal"] == "house"
     assert [oth["params_normalized"][k] for k in names] == pytest.approx(house[0].tolist(), abs=1e-6)
     assert f"{mixed / other}: not a mix of {song}" in oth_err and "house preset instead" in oth_err
-    assert "warning" not in oth_err and "the checkpoint's house preset" in oth_sheet
+    assert "warning" not in oth_err and "Settings: the checkpoint's house preset" in oth_sheet
+    assert "median of" not in oth_sheet and "refined on the reference" not in oth_sheet
     for r in (own, anyway):  # a mix of this vocal, or --other-vocal refine: refined, not the preset
         assert not r["refine"]["house_preset"]
         assert max(abs(r["params_normalized"][k] - oth["params_normalized"][k]) for k in names) > 1e-3
