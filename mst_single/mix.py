@@ -475,6 +475,10 @@ def mix_file(raw_path, out_path, ckpt, reference=None, segment_seconds: float | 
         raise MstError("--refine-start ridge needs a checkpoint trained with model.style_ridge: true, and this one "
                        "has no style ridge", ckpt, "use --refine-start network, or train with model.style_ridge: true")
     has_house = bool(getattr(model, "house_preset", False))
+    if other_vocal is not None and not refine_steps:
+        raise MstError(f"--other-vocal {other_vocal} chooses between the house preset and refinement, and "
+                       "--refine-steps is 0 (no refinement: the network's setting is used as it is)",
+                       fix="add --refine-steps 30 --refine-start ridge (e17), or drop --other-vocal")
     if other_vocal is None:
         other_vocal = "house" if has_house else "refine"
     if other_vocal not in OTHER_VOCAL:

@@ -348,6 +348,9 @@ def test_house_preset_is_fitted_when_fit_starts_and_another_vocals_mix_gets_it(c
     rc = cli.main(["mix", str(raw / song), "-o", str(tmp_path / "no.wav"), "--ckpt", str(ckpts["approach1-ridge"]),
                    "--reference", str(mixed / other), "--refine-steps", "2", "--other-vocal", "house", "--quiet"])
     assert rc == 2 and "has no house preset" in capsys.readouterr().err and not (tmp_path / "no.wav").exists()
+    rc = cli.main(["mix", str(raw / song), "-o", str(tmp_path / "no.wav"), "--ckpt", str(ckpts["approach1-house"]),
+                   "--reference", str(mixed / other), "--other-vocal", "house", "--quiet"])  # no refinement to gate
+    assert rc == 2 and "--refine-steps is 0" in capsys.readouterr().err and not (tmp_path / "no.wav").exists()
     with pytest.raises(MstError, match="has no house preset"):
         E.predict_settings(ridged, testset, "other", progress=False, refine=gated)
 
